@@ -1,0 +1,1 @@
+"""Shared numeric kernels (plain functions, no estimator state)."""
