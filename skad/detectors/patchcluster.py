@@ -1,0 +1,429 @@
+"""PatchCluster: blind anomaly detection by local patch-feature clustering.
+
+A patch is scored by its mean distance to its K nearest neighbours in a memory bank
+built from the very set being scored, never counting the patch itself (eq. 2 of the
+paper); the image score is the maximum patch score reweighted as in PatchCore (eq. 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from .._kernels.coreset import greedy_coreset
+from .._kernels.knn import knn_search
+from ._base import BaseDetector, PatchDetectorMixin
+
+__all__ = ["PatchCluster", "default_n_neighbors"]
+
+
+def default_n_neighbors(coreset_ratio=None):
+    """K used by :class:`PatchCluster` when ``n_neighbors=None``.
+
+    The paper uses K = 100 for the full bank and K = 5, 10, 25 for coresets of 1 %,
+    10 % and 25 %. The rule ``K = max(5, round(100 * ratio))`` reproduces all four
+    values and interpolates linearly in between (K about 1 % of the bank size times
+    100, never below 5).
+
+    Parameters
+    ----------
+    coreset_ratio : float in (0, 1] or None
+        None means the full bank (ratio 1).
+
+    Returns
+    -------
+    n_neighbors : int
+
+    Examples
+    --------
+    >>> from skad.detectors.patchcluster import default_n_neighbors
+    >>> [default_n_neighbors(r) for r in (None, 0.01, 0.1, 0.25, 0.5)]
+    [100, 5, 10, 25, 50]
+    """
+    ratio = 1.0 if coreset_ratio is None else float(coreset_ratio)
+    return max(5, int(round(100.0 * ratio)))
+
+
+def _sample_digests(X):
+    """One digest per sample of a float32 (n, C, h, w) array (shape included)."""
+    shape = repr(X.shape[1:]).encode()
+    out = []
+    for i in range(X.shape[0]):
+        h = hashlib.blake2b(shape, digest_size=16)
+        h.update(np.ascontiguousarray(X[i]).data)
+        out.append(h.digest())
+    return out
+
+
+def _flatten_patches(X):
+    """(n, C, h, w) -> (n * h * w, C), patch p of image i at row i * h * w + p."""
+    n, c, h, w = X.shape
+    return np.ascontiguousarray(X.transpose(0, 2, 3, 1).reshape(n * h * w, c))
+
+
+class PatchCluster(PatchDetectorMixin, BaseDetector):
+    """Blind anomaly detection by the mean distance to K nearest patch features.
+
+    Implements PatchCluster [1]_: the memory bank holds the patch features of the set
+    being scored (optionally a greedy coreset of them, as PatchCore), a patch scores
+    the mean Euclidean distance to its ``n_neighbors`` nearest bank entries, never
+    counting itself, and an image scores its maximum patch score with PatchCore's
+    reweighting (eq. 3). No labels are needed: ``fit_predict(X)``,
+    ``fit(X).score_samples(X)`` or ``fit(X).anomaly_map(X)`` score the set ``X``
+    itself (blind setting); ``fit(X_normal).score_samples(X_new)`` is the usual
+    one-class use.
+
+    Parameters
+    ----------
+    n_neighbors : int or None, default=None
+        K in eq. 2. None uses the paper's values: 100 for the full bank, 5 / 10 / 25
+        for coresets of 1 / 10 / 25 %, and ``max(5, round(100 * coreset_ratio))`` for
+        other ratios (see :func:`default_n_neighbors`), capped at the number of bank
+        entries a training patch may match (small data sets). An explicit K larger than
+        that raises a ``ValueError``.
+    coreset_ratio : float in (0, 1] or None, default=None
+        Fraction of the patches kept in the memory bank by greedy coreset selection
+        (PatchCore's k-center greedy). None or 1.0 keeps the full bank.
+    exclude : {"self", "image"} or None, default="self"
+        Which bank entries a training patch may not match when the training set is
+        scored: ``"self"`` the patch itself (the paper's "start from the 2nd
+        neighbour"), ``"image"`` every patch of its own image (as the paper's SPADE
+        baseline excludes the image itself), None nothing (the patch matches itself at
+        distance 0: PatchCore's failure in the blind setting, for ablations only).
+    reweight : {"mean", "nearest"} or None, default="mean"
+        Image score (eq. 3). With ``a*`` the maximum patch score of the image, ``f_i*``
+        that patch, ``f*`` its nearest bank entry and ``N(f*)`` the
+        ``n_reweight_neighbors`` bank entries nearest to ``f*``, the score is
+        ``(1 - exp(u) / sum_{f in N(f*)} exp(dist(f_i*, f))) * a*`` where ``u = a*``
+        for ``"mean"`` (eq. 3 as printed) and ``u = dist(f_i*, f*)`` for
+        ``"nearest"`` (PatchCore's original weight, always in [0, 1)). None: the
+        image score is ``a*``.
+    n_reweight_neighbors : int, default=9
+        Size of ``N(f*)`` in eq. 3 (PatchCore's b; 9 as in PatchCore's reference
+        implementation), capped at the number of eligible bank entries.
+    projection_dim : int or None, default=128
+        Random projection used to speed up the greedy coreset (None: no projection).
+    chunk_size : int or None, default=None
+        Queries per chunk of the exact nearest-neighbour search (None: derived from a
+        64 MiB working-memory budget).
+    device : {"auto", "cpu", "cuda"}, default="cpu"
+        Where the neighbour search and coreset run ("auto": CUDA when available).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the coreset selection (the only stochastic step).
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_`` from the training scores (computed with the exclusion above).
+        "auto": a sample is anomalous when its image anomaly score exceeds the training
+        median by more than 3 scaled MADs (``1.4826 * median |a - median(a)|``), a
+        robust rule that needs no clean training set; a float flags that fraction of
+        the training set.
+    sigma : float, default=4.0
+        Gaussian smoothing (pixels) of upsampled anomaly maps.
+
+    Attributes
+    ----------
+    memory_bank_ : ndarray of float32, shape (n_bank, n_features_in_)
+        Patch features of the bank (coreset or all training patches).
+    bank_indices_ : ndarray of int64, shape (n_bank,)
+        Row of each bank entry among the training patches (patch ``p`` of training
+        image ``i`` is row ``i * h * w + p``).
+    n_neighbors_ : int
+        K actually used.
+    train_maps_ : ndarray of float32, shape (n_samples, h, w)
+        Patch anomaly scores (eq. 2) of the training set, with the exclusion.
+    train_scores_ : ndarray of shape (n_samples,)
+        Normality scores (``-`` image anomaly) of the training set, with the exclusion.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    n_features_in_ : int
+        Channels of the patch features.
+    patch_shape_ : tuple of int
+        (h, w) of the training patch maps.
+
+    See Also
+    --------
+    skad.detectors.PatchCore : nearest-neighbour scoring (K = 1) for the one-class
+        setting.
+    sklearn.neighbors.LocalOutlierFactor : density-ratio outlier score, the paper's
+        LOF baseline when applied to the patch bank.
+
+    Notes
+    -----
+    **Recognising the training set.** Scoring the fitted set must exclude each patch's
+    own match. ``fit`` therefore scores the training set once, with exact exclusion
+    by patch (or image) index, and keeps the result (``train_maps_``,
+    ``train_scores_``, as ``LocalOutlierFactor.negative_outlier_factor_``). It also
+    keeps a 128-bit BLAKE2 digest of each training sample's patch tensor; at scoring
+    time a sample whose tensor is byte-identical to a training sample gets that
+    sample's stored result, any other sample is scored against the whole bank with no
+    exclusion (one-class use: its patches are not in the bank). Recognition is per
+    sample, so a subset, a permutation or a batch of the training set is recognised
+    too, and it costs one hash per sample (about 0.1 s per 100 MB of features). Only a
+    byte-identical tensor is recognised: features recomputed non-deterministically
+    (e.g. on a GPU) are new samples and match their training twin at distance about
+    0; score the training set with the very array passed to ``fit`` (or use
+    ``fit_predict`` / ``train_scores_`` / ``train_maps_``). Identical training samples
+    share the result of their first copy (with the full bank this is exact: copy A
+    excluding itself and matching copy B sees the same distances as B excluding
+    itself and matching A).
+
+    **Exclusion vs the paper.** The paper skips the nearest neighbour ("set k to 2");
+    here the patch itself is removed from the candidates exactly (by index), so with a
+    coreset that does not contain the patch, its true nearest neighbour still counts.
+    A duplicate of an anomalous image is another sample: its patches stay in the bank
+    (each copy matches its twin at distance 0), which is why K must exceed the number
+    of copies -- the mean over K neighbours, not the nearest one, is what exposes
+    repeated anomalies.
+
+    **Eq. 3.** As printed, the numerator is ``exp(a*)`` with ``a*`` the mean
+    K-distance, while PatchCore's weight has ``exp(dist(f_i*, f*))``; both reduce to
+    PatchCore's for K = 1. The printed form can make the weight negative when
+    ``a*`` exceeds the log-sum-exp of the distances to ``N(f*)`` (large K, features
+    with large norms), so both readings are available (``reweight``). ``N(f*)``
+    contains ``f*`` itself (as in PatchCore) and never the scored patch ``f_i*``
+    (nor, with ``exclude="image"``, its image's patches). Sums of exponentials are
+    computed as log-sum-exp (no overflow).
+
+    **Threshold.** Other skad detectors read ``contamination="auto"`` as "no false
+    alarm on the training set", which assumes a clean (one-class) training set and
+    would flag nothing in ``fit_predict``. The training set of a blind detector holds
+    the anomalies to find, so "auto" is a robust z-score rule instead (median + 3
+    scaled MADs of the training image scores; 3 as in the usual robust outlier rule);
+    ``set_threshold(X_normal, false_alarm_rate)`` still sets it from held-out normals.
+
+    **Other choices.** Distances are Euclidean on the features as given (the paper's
+    WideResNet-50 layers 2+3 with 3x3 pooling live in the feature extractor). The
+    coreset is selected once on all training patches; K is checked against the bank
+    size minus the largest number of excluded entries for any training patch.
+
+    References
+    ----------
+    .. [1] PatchCluster: blind anomaly detection by local patch clustering
+       (see ``../shared/papers/patchcluster-blind-ad.txt``), eq. 1-3, Sec. 5.1.2.
+    .. [2] K. Roth et al., "Towards Total Recall in Industrial Anomaly Detection",
+       CVPR 2022 (PatchCore, eq. 7 reweighting).
+
+    Examples
+    --------
+    Blind use: score a set that contains an anomaly, without labels.
+
+    >>> import numpy as np
+    >>> from skad.detectors import PatchCluster
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(30, 8, 4, 4)).astype(np.float32)   # 30 patch maps
+    >>> X[3, :, 1, 2] += 6.0                                     # one anomalous patch
+    >>> det = PatchCluster(n_neighbors=10).fit(X)
+    >>> int(np.argmax(det.anomaly_score(X)))
+    3
+    >>> det.anomaly_map(X, output_size=(32, 32)).shape
+    (30, 32, 32)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDetector._parameter_constraints,
+        "n_neighbors": [Interval(Integral, 1, None, closed="left"), None],
+        "coreset_ratio": [Interval(Real, 0, 1, closed="right"), None],
+        "exclude": [StrOptions({"self", "image"}), None],
+        "reweight": [StrOptions({"mean", "nearest"}), None],
+        "n_reweight_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [StrOptions({"auto", "cpu", "cuda"})],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_neighbors=None,
+        *,
+        coreset_ratio=None,
+        exclude="self",
+        reweight="mean",
+        n_reweight_neighbors=9,
+        projection_dim=128,
+        chunk_size=None,
+        device="cpu",
+        random_state=None,
+        contamination="auto",
+        sigma=4.0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.coreset_ratio = coreset_ratio
+        self.exclude = exclude
+        self.reweight = reweight
+        self.n_reweight_neighbors = n_reweight_neighbors
+        self.projection_dim = projection_dim
+        self.chunk_size = chunk_size
+        self.device = device
+        self.random_state = random_state
+        self.contamination = contamination
+        self.sigma = sigma
+
+    # -- fit -----------------------------------------------------------------
+    def _fit(self, X):
+        n, _, h, w = X.shape
+        hw = h * w
+        patches = _flatten_patches(X)
+        n_patches = patches.shape[0]
+        ratio = 1.0 if self.coreset_ratio is None else float(self.coreset_ratio)
+
+        if ratio < 1.0:
+            rng = check_random_state(self.random_state)
+            n_select = max(1, int(round(ratio * n_patches)))
+            selected = greedy_coreset(
+                patches,
+                n_select,
+                projection_dim=self.projection_dim,
+                random_state=rng.randint(np.iinfo(np.int32).max),
+                device=self.device,
+            )
+            selected = np.sort(np.asarray(selected, dtype=np.int64))
+        else:
+            selected = np.arange(n_patches, dtype=np.int64)
+        self.bank_indices_ = selected
+        self.memory_bank_ = patches[selected]
+
+        # Exclusion groups (knn_search never returns a bank entry of the query's group).
+        if self.exclude == "self":
+            self._bank_groups = selected
+            query_groups = np.arange(n_patches, dtype=np.int64)
+            max_excluded = 1
+        elif self.exclude == "image":
+            self._bank_groups = selected // hw
+            query_groups = np.arange(n_patches, dtype=np.int64) // hw
+            max_excluded = int(np.bincount(self._bank_groups, minlength=n).max())
+        else:
+            self._bank_groups = None
+            query_groups = None
+            max_excluded = 0
+        n_bank = selected.shape[0]
+        n_eligible = n_bank - max_excluded
+        if n_eligible < 1:
+            raise ValueError(
+                f"{type(self).__name__} needs at least one bank entry a training patch "
+                f"may match; got {n_bank} bank patch(es) from {n} sample(s) with "
+                f"exclude={self.exclude!r}: fit on more than 1 sample"
+            )
+        if self.n_neighbors is None:
+            self.n_neighbors_ = min(default_n_neighbors(self.coreset_ratio), n_eligible)
+        elif self.n_neighbors > n_eligible:
+            raise ValueError(
+                f"n_neighbors={self.n_neighbors} exceeds the {n_eligible} bank entries a "
+                f"training patch may match (bank of {n_bank} patches, up to "
+                f"{max_excluded} excluded by exclude={self.exclude!r}); use "
+                f"n_neighbors <= {n_eligible}, a larger coreset_ratio or more samples"
+            )
+        else:
+            self.n_neighbors_ = int(self.n_neighbors)
+        self._n_reweight = min(int(self.n_reweight_neighbors), n_eligible)
+
+        anomaly, maps = self._score_patches(patches, n, (h, w), query_groups)
+        digests = _sample_digests(X)
+        first = {}
+        for i, d in enumerate(digests):
+            first.setdefault(d, i)
+        # Identical training samples share their first copy's result (Notes).
+        src = np.array([first[d] for d in digests], dtype=np.int64)
+        self._train_anomaly = anomaly[src]
+        self.train_maps_ = maps[src]
+        self._train_digests = first
+        return self
+
+    def _offset_scores(self, X):
+        return self._train_anomaly
+
+    def _set_offset(self, X):
+        super()._set_offset(X)
+        if self.contamination == "auto":
+            # The training set is not clean in the blind setting, so "auto" flags the
+            # training samples whose anomaly score is a robust outlier: more than 3
+            # scaled median absolute deviations above the median (Notes).
+            anomaly = -self.train_scores_
+            med = float(np.median(anomaly))
+            mad = 1.4826 * float(np.median(np.abs(anomaly - med)))
+            self.offset_ = -(med + 3.0 * mad)
+
+    # -- scoring -------------------------------------------------------------
+    def _score_patches(self, patches, n_images, shape, query_groups):
+        """Image anomaly (n,) and patch maps (n, h, w) of flattened query patches."""
+        hw = shape[0] * shape[1]
+        bank = self.memory_bank_
+        bank_groups = self._bank_groups if query_groups is not None else None
+        k = self.n_neighbors_
+        maps = np.empty(n_images * hw, dtype=np.float32)
+        nearest = np.empty(n_images * hw, dtype=np.int64)
+        nearest_d = np.empty(n_images * hw, dtype=np.float32)
+        # Bound the (m, K) outputs: a few thousand query patches per knn_search call.
+        step = max(1, 16384 // hw) * hw
+        for start in range(0, n_images * hw, step):
+            stop = min(start + step, n_images * hw)
+            dist, idx = knn_search(
+                patches[start:stop],
+                bank,
+                k,
+                query_groups=None if query_groups is None else query_groups[start:stop],
+                bank_groups=bank_groups,
+                chunk_size=self.chunk_size,
+                device=self.device,
+            )
+            maps[start:stop] = dist.mean(axis=1)  # a_{w,h}, eq. 2
+            nearest[start:stop] = idx[:, 0]
+            nearest_d[start:stop] = dist[:, 0]
+        maps = maps.reshape(n_images, hw)
+        # a_i^*: maximum patch score of each image
+        star = np.argmax(maps, axis=1)
+        rows = np.arange(n_images) * hw + star
+        a_star = maps[np.arange(n_images), star].astype(np.float64)
+        if self.reweight is None:
+            anomaly = a_star
+        else:
+            anomaly = a_star * self._reweight_factor(
+                patches[rows],
+                nearest[rows],
+                nearest_d[rows].astype(np.float64),
+                a_star,
+                None if query_groups is None else query_groups[rows],
+            )
+        return anomaly, maps.reshape(n_images, *shape)
+
+    def _reweight_factor(self, f_i_star, f_star_idx, d_nearest, a_star, groups):
+        """``1 - exp(u) / sum_{f in N(f*)} exp(dist(f_i*, f))`` of eq. 3, per image."""
+        bank = self.memory_bank_
+        _, nb_idx = knn_search(
+            bank[f_star_idx],
+            bank,
+            self._n_reweight,
+            query_groups=groups,  # N(f*) never holds the scored patch itself
+            bank_groups=None if groups is None else self._bank_groups,
+            chunk_size=self.chunk_size,
+            device=self.device,
+        )
+        diff = bank[nb_idx].astype(np.float64) - f_i_star[:, None, :].astype(np.float64)
+        d = np.sqrt(np.einsum("nbc,nbc->nb", diff, diff))  # dist(f_i*, f), f in N(f*)
+        d_max = d.max(axis=1)
+        log_denominator = d_max + np.log(np.exp(d - d_max[:, None]).sum(axis=1))
+        u = a_star if self.reweight == "mean" else d_nearest
+        return 1.0 - np.exp(u - log_denominator)
+
+    def _score(self, X):
+        n, _, h, w = X.shape
+        digests = _sample_digests(X)
+        known = np.array([self._train_digests.get(d, -1) for d in digests], dtype=np.int64)
+        anomaly = np.empty(n, dtype=np.float64)
+        maps = np.empty((n, h, w), dtype=np.float32)
+        is_known = known >= 0
+        if is_known.any():
+            # Training samples: their blind scores, computed in fit with the exclusion.
+            anomaly[is_known] = self._train_anomaly[known[is_known]]
+            maps[is_known] = self.train_maps_[known[is_known]]
+        new = np.flatnonzero(~is_known)
+        if new.size:
+            a_new, m_new = self._score_patches(
+                _flatten_patches(X[new]), new.size, (h, w), None
+            )
+            anomaly[new] = a_new
+            maps[new] = m_new
+        return anomaly, maps
