@@ -1,0 +1,148 @@
+"""Pooling of patch features: local neighbourhood aggregation and global pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ..utils.validation import check_patches
+
+__all__ = ["GlobalPool", "local_average_pool"]
+
+
+def local_average_pool(features: torch.Tensor, size: int) -> torch.Tensor:
+    """Average each patch feature over its ``size x size`` neighbourhood (stride 1).
+
+    PatchCore's local aggregation (Roth et al., 2022, eq. 2: the neighbourhood
+    ``N_p^(h,w)`` with ``p = size``) as an average: padding ``size // 2`` keeps the map
+    size, and border positions average only the neighbours inside the map
+    (``count_include_pad=False``), so borders are not pulled towards zero.
+
+    Parameters
+    ----------
+    features : Tensor of shape (b, C, h, w)
+    size : int
+        Odd neighbourhood size; 1 returns ``features`` unchanged.
+
+    Returns
+    -------
+    pooled : Tensor of shape (b, C, h, w)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.features.pooling import local_average_pool
+    >>> x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    >>> local_average_pool(x, 3)[0, 0, 1, 1].item()
+    4.0
+    >>> local_average_pool(x, 3)[0, 0, 0, 0].item()   # mean of 0, 1, 3, 4
+    2.0
+    """
+    if size == 1:
+        return features
+    return F.avg_pool2d(features, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
+class GlobalPool(TransformerMixin, BaseEstimator):
+    """Pool patch tensors ``(n, C, h, w)`` to image-level features ``(n, C)``.
+
+    Put it between a :class:`~skad.features.PatchFeatureExtractor` and any
+    scikit-learn outlier detector (``LocalOutlierFactor``, ``IsolationForest``,
+    ``OneClassSVM``) to detect anomalies at image level.
+
+    Parameters
+    ----------
+    method : {"mean", "max", "meanmax"}, default="mean"
+        ``"mean"``: spatial average; ``"max"``: spatial maximum; ``"meanmax"``: both,
+        concatenated (``2 C`` features: the C means, then the C maxima).
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of channels ``C`` seen in ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad.features import GlobalPool
+    >>> X = np.random.default_rng(0).random((4, 8, 5, 5), dtype=np.float32)
+    >>> GlobalPool().fit_transform(X).shape
+    (4, 8)
+    >>> GlobalPool(method="meanmax").fit_transform(X).shape
+    (4, 16)
+    """
+
+    _parameter_constraints = {"method": [StrOptions({"mean", "max", "meanmax"})]}
+
+    def __init__(self, method="mean"):
+        self.method = method
+
+    def fit(self, X, y=None):
+        """Validate ``X`` and remember its channel count.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, h, w) or (n, C)
+        y : ignored
+
+        Returns
+        -------
+        self : GlobalPool
+        """
+        self._validate_params()
+        X = check_patches(X)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        """Pool each channel over the spatial positions.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, h, w) or (n, C)
+
+        Returns
+        -------
+        features : ndarray of float32, shape (n, C) or (n, 2 C) for "meanmax"
+        """
+        check_is_fitted(self)
+        X = check_patches(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X: has {X.shape[1]} channels, but GlobalPool was fitted with "
+                f"{self.n_features_in_} channels"
+            )
+        flat = X.reshape(X.shape[0], X.shape[1], -1)
+        if self.method == "mean":
+            return flat.mean(axis=2, dtype=np.float64).astype(np.float32)
+        if self.method == "max":
+            return flat.max(axis=2)
+        return np.concatenate(
+            [flat.mean(axis=2, dtype=np.float64).astype(np.float32), flat.max(axis=2)], axis=1
+        )
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names (``mean_<i>`` / ``max_<i>`` per channel ``i``).
+
+        Parameters
+        ----------
+        input_features : ignored
+
+        Returns
+        -------
+        names : ndarray of str
+        """
+        check_is_fitted(self)
+        kinds = ["mean", "max"] if self.method == "meanmax" else [self.method]
+        return np.asarray(
+            [f"{k}_{i}" for k in kinds for i in range(self.n_features_in_)], dtype=object
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
