@@ -1,0 +1,301 @@
+"""The ``skad`` command line, run in-process on tiny data (64 px synthetic images).
+
+Two fast detectors: the registry's ``lof`` (LocalOutlierFactor on pooled features) and
+``mean_distance``, a small patch detector defined here on BaseDetector and added to the
+registry's discovery, so these tests depend only on the CLI, the registry, the
+extractor and the data/metrics modules.
+"""
+
+import ast
+import io
+import os
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import skad.registry as registry
+from skad.cli import _literal, _parse_params, main
+from skad.datasets import make_synthetic
+from skad.detectors import BaseDetector, PatchDetectorMixin
+from skad.preprocessing import ResizeCrop
+
+SIZE = 64
+FAST = ["--input-size", str(SIZE), "--quiet"]
+
+
+class MeanDistance(PatchDetectorMixin, BaseDetector):
+    """Squared distance of each patch to the mean training patch (test-only detector)."""
+
+    _parameter_constraints = {**BaseDetector._parameter_constraints}
+
+    def __init__(self, *, contamination="auto", sigma=4.0):
+        self.contamination = contamination
+        self.sigma = sigma
+
+    def _fit(self, X):
+        self.mean_ = X.mean(axis=(0, 2, 3))
+
+    def _score(self, X):
+        maps = ((X - self.mean_[None, :, None, None]) ** 2).sum(axis=1)
+        return maps.max(axis=(1, 2)), maps
+
+
+@pytest.fixture(autouse=True)
+def _tiny_detector(monkeypatch):
+    real = registry._discover_detector_classes
+    monkeypatch.setattr(registry, "_discover_detector_classes", lambda: [*real(), MeanDistance])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(n_train=8, n_test=8, image_size=SIZE, random_state=0)
+
+
+def _save(images, folder, prefix):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{prefix}{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def folders(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    _save(data.train_images, root / "cat" / "train" / "good", "train")
+    _save(data.test_images, root / "test_images", "t")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One tiny benchmark run shared by the tests that read its outputs."""
+    mp = pytest.MonkeyPatch()
+    real = registry._discover_detector_classes
+    mp.setattr(registry, "_discover_detector_classes", lambda: [*real(), MeanDistance])
+    out = tmp_path_factory.mktemp("report")
+    stdout = io.StringIO()
+    code = main(["benchmark", "--n-train", "8", "--n-test", "8", "--image-size", str(SIZE),
+                 "--detectors", "mean_distance,lof", "--param", "lof.n_neighbors=5",
+                 "--out", str(out), *FAST], stdout=stdout)
+    mp.undo()
+    return code, out, stdout.getvalue()
+
+
+def test_benchmark_writes_results_and_reports(bench):
+    code, out, printed = bench
+    assert code == 0
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["detector"]) == ["mean_distance", "lof"]
+    for col in ["image_auroc", "pixel_auroc", "pro", "pixel_ap", "fit_s",
+                "predict_img_per_s", "peak_mem_mb"]:
+        assert col in table
+    md = table.set_index("detector")
+    assert 0.0 <= md.loc["mean_distance", "pixel_auroc"] <= 1.0
+    assert 0.0 <= md.loc["mean_distance", "pro"] <= 1.0
+    assert 0.0 <= md.loc["lof", "image_auroc"] <= 1.0
+    assert np.isnan(md.loc["lof", "pixel_auroc"])  # image-level detector: no maps
+    assert (md["fit_s"] >= 0).all() and (md["predict_img_per_s"] > 0).all()
+    # the table is printed at the end
+    assert "mean_distance" in printed and "image_auroc" in printed
+    html = (out / "report.html").read_text()
+    md_text = (out / "report.md").read_text()
+    for name in ("mean_distance", "lof"):
+        assert f'data-detector="{name}"' in html and f"| {name} |" in md_text
+    # every figure the reports reference exists beside them
+    import re
+
+    refs = set(re.findall(r'src="([^"]+)"', html)) | set(re.findall(r"\]\(([^)]+)\)", md_text))
+    assert any("roc" in r for r in refs) and any("pro" in r for r in refs)
+    assert len([r for r in refs if "case" in r]) >= 4
+    for ref in refs:
+        assert (out / ref).is_file(), ref
+    scores = pd.read_csv(out / "scores.csv")
+    assert list(scores.columns) == ["file", "label", "mean_distance", "lof"]
+    assert len(scores) == 8
+
+
+def test_fit_predict_reproduces_benchmark_scores(bench, folders, data, tmp_path):
+    _, out, _ = bench
+    model = tmp_path / "m.joblib"
+    assert main(["fit", "--train", str(folders / "cat"), "-o", str(model),
+                 "--detector", "mean_distance", "--resize", "none", "--crop", "none",
+                 *FAST], stdout=io.StringIO()) == 0
+    pipe = joblib.load(model)
+    assert isinstance(pipe.steps[0][1], ResizeCrop)  # preprocessing inside the model
+    csv = tmp_path / "scores.csv"
+    maps = tmp_path / "maps"
+    assert main(["predict", "--model", str(model), "--images", str(folders / "test_images"),
+                 "-o", str(csv), "--maps", str(maps), "--quiet"], stdout=io.StringIO()) == 0
+    pred = pd.read_csv(csv)
+    bench_scores = pd.read_csv(out / "scores.csv")["mean_distance"].to_numpy()
+    np.testing.assert_allclose(pred["anomaly_score"], bench_scores, rtol=1e-4)
+    # the in-Python model gives the same scores on the arrays
+    np.testing.assert_allclose(pipe.anomaly_score(data.test_images), bench_scores, rtol=1e-4)
+    # decisions follow the model's own threshold
+    offset = pipe.steps[-1][1].offset_
+    np.testing.assert_array_equal(
+        pred["prediction"], np.where(pred["anomaly_score"] > -offset, -1, 1))
+    assert set(pred["prediction"]) <= {-1, 1}
+    pngs = sorted(os.listdir(maps))
+    assert len(pngs) == 8 and all(p.endswith("_heatmap.png") for p in pngs)
+    assert Image.open(maps / pngs[0]).size == (SIZE, SIZE)
+
+
+@pytest.fixture(scope="module")
+def lof_model(folders, tmp_path_factory):
+    model = tmp_path_factory.mktemp("lof") / "m.joblib"
+    assert main(["fit", "--train", str(folders / "cat" / "train" / "good"), "-o", str(model),
+                 "--detector", "lof", "--param", "n_neighbors=3", "--resize", "none",
+                 "--crop", "none", *FAST], stdout=io.StringIO()) == 0
+    return model
+
+
+def test_predict_threshold(lof_model, folders, tmp_path):
+    assert joblib.load(lof_model).steps[-1][1].n_neighbors == 3
+    for thr, expected in (("1e9", 1), ("-1e9", -1)):
+        csv = tmp_path / f"s{expected}.csv"
+        assert main(["predict", "--model", str(lof_model), "--images",
+                     str(folders / "test_images"), "-o", str(csv), f"--threshold={thr}",
+                     "--quiet"], stdout=io.StringIO()) == 0
+        assert (pd.read_csv(csv)["prediction"] == expected).all()
+
+
+def test_predict_input_errors(lof_model, folders, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _run(["predict", "--model", str(lof_model), "--images", str(empty), "-o",
+                      str(tmp_path / "s.csv")], capsys)
+    assert code == 2 and "no images" in err
+    # an image-level model has no maps to write
+    code, err = _run(["predict", "--model", str(lof_model), "--images",
+                      str(folders / "test_images"), "-o", str(tmp_path / "x.csv"),
+                      "--maps", str(tmp_path / "m")], capsys)
+    assert code == 2 and "no anomaly maps" in err
+
+
+def _run(argv, capsys):
+    code = main(argv, stdout=io.StringIO())
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "--train", "/nonexistent/dir", "-o", "m.joblib", "--detector", "lof"],
+         "folder not found"),
+        (["fit", "--train", "{empty}", "-o", "m.joblib", "--detector", "lof"], "no images"),
+        (["fit", "--train", "{empty}", "-o", "m.joblib", "--detector", "mean_distanse"],
+         "did you mean 'mean_distance'"),
+        (["fit", "--train", "{empty}", "-o", "m.joblib", "--detector", "lof",
+          "--param", "n_neigbors=3"], "did you mean 'n_neighbors'"),
+        (["fit", "--train", "{empty}", "-o", "m.joblib", "--detector", "lof",
+          "--param", "oops"], "NAME=VALUE"),
+        (["predict", "--model", "/nonexistent.joblib", "--images", "{empty}", "-o", "s.csv"],
+         "model file not found"),
+        (["predict", "--model", "{garbage}", "--images", "{empty}", "-o", "s.csv"],
+         "cannot read model file"),
+        (["predict", "--model", "{notmodel}", "--images", "{empty}", "-o", "s.csv"],
+         "does not hold a skad model"),
+        (["benchmark", "--detectors", "lfo"], "did you mean 'lof'"),
+        (["benchmark", "--data", "/nonexistent/data"], "folder not found"),
+        (["benchmark", "--param", "lof.n_neighbours=3", "--detectors", "lof"],
+         "did you mean 'n_neighbors'"),
+        (["benchmark", "--bogus-flag"], "unrecognized arguments"),
+        (["fit", "--train", "{empty}"], "required"),
+    ],
+)
+def test_error_paths_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    garbage = tmp_path / "garbage.joblib"
+    garbage.write_bytes(b"not a pickle at all")
+    notmodel = tmp_path / "dict.joblib"
+    joblib.dump({"a": 1}, notmodel)
+    subs = {"{empty}": str(empty), "{garbage}": str(garbage), "{notmodel}": str(notmodel)}
+    argv = [subs.get(a, a) for a in argv]
+    code, err = _run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1 and err.startswith("skad")
+
+
+def test_unexpected_error_exits_1(monkeypatch, capsys):
+    import skad.cli as cli
+
+    def boom(args, out):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(cli, "_cmd_list", boom)
+    code, err = _run(["list"], capsys)
+    assert code == 1 and "unexpected error" in err and "something broke" in err
+    with pytest.raises(RuntimeError):
+        main(["--traceback", "list"])
+
+
+def test_list_and_no_command(capsys):
+    out = io.StringIO()
+    assert main(["list"], stdout=out) == 0
+    names = [line.split()[0] for line in out.getvalue().splitlines()]
+    assert names == registry.default_detectors()
+    assert main([], stdout=io.StringIO()) == 2
+
+
+def test_param_values_are_literals_never_evaluated():
+    assert _literal("0.1") == 0.1 and _literal("[1, 2]") == [1, 2]
+    assert _literal("None") is None and _literal("cosine") == "cosine"
+    # not a literal: kept as the string, never executed
+    assert _literal("__import__('os').getcwd()") == "__import__('os').getcwd()"
+    assert _parse_params(["patchcore.coreset_ratio=0.01", "lof.n_neighbors=5"], scoped=True) == {
+        "patchcore": {"coreset_ratio": 0.01}, "lof": {"n_neighbors": 5}}
+    assert ast.literal_eval("(1, 2)") == _parse_params(["k=(1, 2)"], scoped=False)["k"]
+
+
+def test_registry_discovers_every_exported_detector():
+    import inspect
+
+    import skad.detectors as detectors
+
+    names = registry.default_detectors()
+    assert names[-1] == "lof" and "mean_distance" in names
+    exported = [
+        getattr(detectors, a) for a in detectors.__all__
+        if inspect.isclass(getattr(detectors, a))
+        and issubclass(getattr(detectors, a), BaseDetector)
+        and getattr(detectors, a) is not BaseDetector
+    ]
+    specs = registry.available_detectors()
+    assert {type(s.estimator) for s in specs.values()} >= set(exported)
+    with pytest.raises(registry.UnknownDetectorError, match="did you mean 'mean_distance'"):
+        registry.get_detector("mean_distanse")
+
+
+def test_registry_blind_sets_exclude_self():
+    for name, spec in registry.available_detectors().items():
+        steps = registry.make_detector_steps(name, blind=True, random_state=3)
+        params = steps[-1].get_params()
+        if "exclude_self" in params:
+            assert params["exclude_self"] is True
+        if "random_state" in params:
+            assert params["random_state"] == 3
+
+
+def test_resize_crop_matches_the_loaders(tmp_path):
+    from skad.datasets._io import read_image
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "a.png"
+    Image.fromarray(img).save(path)
+    step = ResizeCrop(resize=64, crop=48)
+    from_paths = step.fit_transform([str(path)])
+    from_arrays = step.transform(img[None])
+    expected = read_image(path, resize=64, crop=(48, 48))
+    assert from_paths.shape == (1, 48, 48, 3)
+    np.testing.assert_array_equal(from_paths[0], expected)
+    np.testing.assert_array_equal(from_arrays[0], expected)
+    assert ResizeCrop(resize=None, crop=None).transform(img[None]).shape == (1, 90, 120, 3)
+    with pytest.raises(ValueError, match="crop"):
+        ResizeCrop(resize=32, crop=48).transform(img[None])
