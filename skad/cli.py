@@ -180,6 +180,8 @@ def build_parser():
     p.add_argument("--model", required=True, help="model file written by 'skad fit'")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images to score")
     p.add_argument("-o", "--output", required=True, metavar="CSV", help="scores CSV file")
+    p.add_argument("--recursive", action="store_true",
+                   help="also score the images in the subfolders of --images")
     p.add_argument("--maps", default=None, metavar="DIR", help="write heatmap PNGs here")
     p.add_argument("--threshold", type=float, default=None,
                    help="anomaly-score threshold for -1 (default: the model's own, from fit)")
@@ -195,12 +197,11 @@ def build_parser():
 
 
 # --------------------------------------------------------------------------- data
-def _image_files(folder):
+def _image_files(folder, recursive=False):
     from .datasets._io import IMAGE_EXTENSIONS
 
-    return sorted(
-        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _require_dir(path, flag):
@@ -466,11 +467,14 @@ def _cmd_predict(args, out):
 
     model = _load_model(args.model)
     folder = _require_dir(args.images, "--images")
-    files = _image_files(folder)
+    files = _image_files(folder, recursive=args.recursive)
     if not files:
         from .datasets._io import IMAGE_EXTENSIONS
 
-        raise UsageError(f"--images: no images ({', '.join(IMAGE_EXTENSIONS)}) in {os.fspath(folder)}")
+        where = " or its subfolders" if args.recursive else ""
+        raise UsageError(
+            f"--images: no images ({', '.join(IMAGE_EXTENSIONS)}) in {os.fspath(folder)}{where}"
+        )
     out_csv = Path(args.output)
     if not out_csv.parent.exists():
         raise UsageError(f"-o: folder of the scores file not found: {os.fspath(out_csv.parent)}")
@@ -519,7 +523,9 @@ def _cmd_predict(args, out):
         vmin, vmax = (float(v) for v in np.percentile(stacked, [1, 99.9]))
         paths = []
         for f, img, amap in zip(files, shown, stacked):
-            p = map_dir / (Path(f).stem + "_heatmap.png")
+            # the path below --images names the file, so equal names in subfolders differ
+            rel = Path(f).relative_to(folder).with_suffix("")
+            p = map_dir / ("__".join(rel.parts) + "_heatmap.png")
             Image.fromarray(_heatmap_rgb(img, amap, vmin, vmax)).save(p)
             paths.append(os.fspath(p))
         table["heatmap"] = paths

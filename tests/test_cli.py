@@ -160,6 +160,10 @@ def test_predict_threshold(lof_model, folders, tmp_path):
                      str(folders / "test_images"), "-o", str(csv), f"--threshold={thr}",
                      "--quiet"], stdout=io.StringIO()) == 0
         assert (pd.read_csv(csv)["prediction"] == expected).all()
+    csv = tmp_path / "all.csv"  # --recursive: train/good and test_images below the root
+    assert main(["predict", "--model", str(lof_model), "--images", str(folders), "-o",
+                 str(csv), "--recursive", "--quiet"], stdout=io.StringIO()) == 0
+    assert len(pd.read_csv(csv)) == 16
 
 
 def test_predict_input_errors(lof_model, folders, tmp_path, capsys):
