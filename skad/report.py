@@ -156,6 +156,8 @@ class DetectorRun:
     params: dict
     scores: np.ndarray | None = None
     maps: np.ndarray | None = None
+    cases: list = field(default_factory=list)
+    map_range: tuple = (None, None)
     metrics: dict = field(default_factory=dict)
     fit_s: float = float("nan")
     score_s: float = float("nan")
@@ -405,8 +407,14 @@ def run_benchmark(
             run.peak_mem_mb = mem.peak_mb
             memory_method = mem.method
             run.scores = np.asarray(scores, dtype=np.float64)
-            run.maps = None if maps is None else np.asarray(maps, dtype=np.float32)
-            run.metrics = _metrics(labels, masks, run.scores, run.maps)
+            maps = None if maps is None else np.asarray(maps, dtype=np.float32)
+            run.metrics = _metrics(labels, masks, run.scores, maps)
+            # the report shows a few cases; all maps are kept only for the PRO curve
+            run.cases = [(cap, idx, None if maps is None else maps[idx])
+                         for cap, idx in _cases(run.scores, labels)]
+            if maps is not None:
+                run.map_range = (float(maps.min()), float(maps.max()))
+                run.maps = maps if masks is not None and masks.any() else None
         except (ValueError, TypeError, RuntimeError, MemoryError, np.linalg.LinAlgError) as exc:
             run.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         runs.append(run)
@@ -462,25 +470,24 @@ def _best_rows(table):
     return best
 
 
-def _cases(run, labels, k=1):
+def _cases(scores, labels):
     """Indices (and captions) of the best and worst cases of one detector.
 
     Best detection: the anomalous image scored highest; worst miss: the anomalous image
     scored lowest; worst false alarm: the normal image scored highest. Without labels,
     the highest and lowest scored images.
     """
-    s = run.scores
     if labels is not None and (labels == 1).any():
         anom = np.flatnonzero(labels == 1)
-        order = anom[np.argsort(-s[anom], kind="stable")]
+        order = anom[np.argsort(-scores[anom], kind="stable")]
         cases = [("best detection (highest-scored defective image)", order[0]),
                  ("worst miss (lowest-scored defective image)", order[-1])]
         normal = np.flatnonzero(labels == 0)
         if normal.size:
             cases.append(("worst false alarm (highest-scored normal image)",
-                          normal[np.argmax(s[normal])]))
+                          normal[np.argmax(scores[normal])]))
         return cases
-    order = np.argsort(-s, kind="stable")
+    order = np.argsort(-scores, kind="stable")
     return [("highest score", order[0]), ("lowest score", order[-1])]
 
 
@@ -500,6 +507,8 @@ def _make_figures(result, fig_dir):
     from . import plot
 
     fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*fig_dir.glob("*_case*.png"), fig_dir / "roc.png", fig_dir / "pro.png"]:
+        old.unlink(missing_ok=True)  # figures of an earlier run in the same folder
     ok = [r for r in result.runs if not r.error]
     figures = {"curves": [], "cases": {}}
     labels, masks = result.labels, result.masks
@@ -525,15 +534,14 @@ def _make_figures(result, fig_dir):
     for run in ok:
         entries = []
         # one colour scale per detector, so its best and worst cases compare directly
-        vmin, vmax = (None, None) if run.maps is None else (
-            float(run.maps.min()), float(run.maps.max()))
-        for j, (caption, idx) in enumerate(_cases(run, labels)):
+        vmin, vmax = run.map_range
+        for j, (caption, idx, amap) in enumerate(run.cases):
             fname = f"{_slug(run.name)}_case{j}.png"
             ax = _axes((3.2, 3.4))
             mask = None if masks is None else masks[idx]
             title = f"{result.filenames[idx]}\nscore {run.scores[idx]:.4g}"
-            if run.maps is not None:
-                plot.plot_anomaly_overlay(result.images[idx], run.maps[idx], mask=mask, ax=ax,
+            if amap is not None:
+                plot.plot_anomaly_overlay(result.images[idx], amap, mask=mask, ax=ax,
                                           vmin=vmin, vmax=vmax)
             else:
                 img = result.images[idx]
