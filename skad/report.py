@@ -491,6 +491,12 @@ def _cases(scores, labels):
     return [("highest score", order[0]), ("lowest score", order[-1])]
 
 
+def _short(name, parts=4):
+    """The last ``parts`` components of a file path (figure titles stay readable)."""
+    pieces = str(name).replace("\\", "/").split("/")
+    return str(name) if len(pieces) <= parts else ".../" + "/".join(pieces[-parts:])
+
+
 def _slug(name):
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
@@ -539,7 +545,7 @@ def _make_figures(result, fig_dir):
             fname = f"{_slug(run.name)}_case{j}.png"
             ax = _axes((3.2, 3.4))
             mask = None if masks is None else masks[idx]
-            title = f"{result.filenames[idx]}\nscore {run.scores[idx]:.4g}"
+            title = f"{_short(result.filenames[idx])}\nscore {run.scores[idx]:.4g}"
             if amap is not None:
                 plot.plot_anomaly_overlay(result.images[idx], amap, mask=mask, ax=ax,
                                           vmin=vmin, vmax=vmax)
