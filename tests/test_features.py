@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.base import clone
 from sklearn.neighbors import LocalOutlierFactor
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skad import make_pipeline
 from skad.features import GlobalPool, PatchFeatureExtractor, local_average_pool
@@ -96,12 +97,12 @@ def test_torchvision_weights_from_hub_cache(tmp_path, monkeypatch):
     sd = {k: v + 0.01 if v.is_floating_point() else v
           for k, v in build_backbone("resnet18", weights=None).state_dict().items()}
     torch.save(sd, path)
+    cached = build_backbone("resnet18")
+    assert _same_state(cached, build_backbone("resnet18", weights=path))
+    assert torch.equal(cached.state_dict()["conv1.weight"], sd["conv1.weight"])
     X = _images(1, 64)
-    cached = PatchFeatureExtractor("resnet18", input_size=64).fit(X).transform(X)
-    direct = PatchFeatureExtractor("resnet18", input_size=64, weights=path).fit(X).transform(X)
-    rnd = PatchFeatureExtractor("resnet18", input_size=64, weights=None).fit(X).transform(X)
-    np.testing.assert_array_equal(cached, direct)
-    assert not np.allclose(cached, rnd)
+    ext = PatchFeatureExtractor("resnet18", input_size=64).fit(X)
+    assert ext.transform(X).shape == (1, 384, 8, 8)
 
 
 def test_torchvision_without_cached_weights_is_a_clear_error(tmp_path, monkeypatch):
@@ -252,13 +253,15 @@ def test_module_instance_backbone_is_not_modified():
 
 def test_module_is_trainable(lite0_fitted):
     ext, X = lite0_fitted
-    ext = clone(ext).fit(X)
     t = ext.to_tensor(X[:2])
     assert t.shape == (2, 3, 64, 64)
-    out = ext.module_(t)
-    assert out.shape == (2, 152, 8, 8) and out.requires_grad
-    out.mean().backward()
-    assert any(p.grad is not None for p in ext.module_.parameters())
+    try:
+        out = ext.module_(t)
+        assert out.shape == (2, 152, 8, 8) and out.requires_grad
+        out.mean().backward()
+        assert any(p.grad is not None for p in ext.module_.parameters())
+    finally:
+        ext.module_.zero_grad(set_to_none=True)
 
 
 # ------------------------------------------------------------------- input forms
@@ -288,8 +291,11 @@ def test_batches_and_threads_do_not_change_features(lite0_fitted):
     ext, X = lite0_fitted
     ref = ext.transform(X)
     before = torch.get_num_threads()
-    small = clone(ext).set_params(batch_size=1, n_threads=1, verbose=True).fit(X)
-    np.testing.assert_allclose(small.transform(X), ref, rtol=1e-5, atol=1e-5)
+    try:  # batch_size, n_threads and verbose act at transform time
+        ext.set_params(batch_size=1, n_threads=1, verbose=True)
+        np.testing.assert_allclose(ext.transform(X), ref, rtol=1e-5, atol=1e-5)
+    finally:
+        ext.set_params(batch_size=16, n_threads=None, verbose=False)
     assert torch.get_num_threads() == before
     assert str(ext.device_) == ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -315,13 +321,19 @@ def test_pipeline_params_clone_and_fit():
 
 def test_pickle_roundtrip_identical(tmp_path, lite0_fitted):
     ext, X = lite0_fitted
-    ext = clone(ext).fit(X)
-    with torch.no_grad():  # as after fine-tuning: the stored weights, not the defaults
-        ext.module_.body.conv_stem.weight.mul_(1.5)
-    ref = ext.transform(X)
-    joblib.dump(ext, tmp_path / "ext.joblib")
+    weight = ext.module_.body.conv_stem.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():  # as after fine-tuning: the stored weights, not the defaults
+            weight.mul_(1.5)
+        ref = ext.transform(X)
+        joblib.dump(ext, tmp_path / "ext.joblib")
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
     back = joblib.load(tmp_path / "ext.joblib")
     np.testing.assert_array_equal(back.transform(X), ref)
+    assert not np.allclose(ext.transform(X), ref)
     assert str(back.device_) in ("cpu", "cuda") and back.stride_ == ext.stride_
 
 
@@ -333,13 +345,18 @@ def test_pickle_module_instance_backbone(tmp_path):
     np.testing.assert_array_equal(joblib.load(tmp_path / "ext.joblib").transform(X), ref)
 
 
+@parametrize_with_checks([GlobalPool(), GlobalPool(method="meanmax")])
+def test_global_pool_sklearn_checks(estimator, check):
+    check(estimator)
+
+
 def test_global_pool():
     X = np.random.default_rng(0).normal(size=(4, 5, 3, 2)).astype(np.float32)
     np.testing.assert_allclose(GlobalPool().fit_transform(X), X.mean(axis=(2, 3)), rtol=1e-6)
     np.testing.assert_array_equal(GlobalPool("max").fit_transform(X), X.max(axis=(2, 3)))
     mm = GlobalPool("meanmax").fit(X)
     assert mm.transform(X).shape == (4, 10) and len(mm.get_feature_names_out()) == 10
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match="3 features.*expecting 5"):
         GlobalPool().fit(X).transform(X[:, :3])
     with pytest.raises(ValueError, match="PatchFeatureExtractor"):
         GlobalPool().fit(_images(2, 32))

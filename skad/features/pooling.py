@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..utils.validation import check_patches
+from ..detectors._base import PatchDetectorMixin
 
 __all__ = ["GlobalPool", "local_average_pool"]
 
@@ -64,6 +64,8 @@ class GlobalPool(TransformerMixin, BaseEstimator):
     ----------
     n_features_in_ : int
         Number of channels ``C`` seen in ``fit``.
+    patch_shape_ : (int, int)
+        ``(h, w)`` of the patch maps seen in ``fit`` (other sizes are accepted later).
 
     Examples
     --------
@@ -94,9 +96,12 @@ class GlobalPool(TransformerMixin, BaseEstimator):
         self : GlobalPool
         """
         self._validate_params()
-        X = check_patches(X)
-        self.n_features_in_ = X.shape[1]
+        self._validate_input(X, reset=True)
         return self
+
+    # the patch detectors' validation: (n, C, h, w), or (n, d) as 1x1 maps
+    _validate_input = PatchDetectorMixin._validate_input
+    _requires_same_patch_shape = False
 
     def transform(self, X):
         """Pool each channel over the spatial positions.
@@ -110,12 +115,7 @@ class GlobalPool(TransformerMixin, BaseEstimator):
         features : ndarray of float32, shape (n, C) or (n, 2 C) for "meanmax"
         """
         check_is_fitted(self)
-        X = check_patches(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X: has {X.shape[1]} channels, but GlobalPool was fitted with "
-                f"{self.n_features_in_} channels"
-            )
+        X = self._validate_input(X, reset=False)
         flat = X.reshape(X.shape[0], X.shape[1], -1)
         if self.method == "mean":
             return flat.mean(axis=2, dtype=np.float64).astype(np.float32)
@@ -145,4 +145,6 @@ class GlobalPool(TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
