@@ -1,1 +1,29 @@
-"""Shared numeric kernels (plain functions, no estimator state)."""
+"""Shared numeric kernels (plain functions, no estimator state).
+
+- :mod:`.knn`: chunked exact k-nearest-neighbour search with group exclusion;
+- :mod:`.ann`: an index choosing exact search or a pynndescent graph;
+- :mod:`.coreset`: greedy k-center coreset with random projection (PatchCore);
+- :mod:`.gaussian`: batched Gaussian fitting, Cholesky factors, Mahalanobis distances;
+- :mod:`.maps`: anomaly-map upsampling and smoothing.
+"""
+
+import numpy as np
+
+
+def patch_rows(X):
+    """Patch tensor ``(n, C, h, w)`` -> one row per patch ``(n * h * w, C)`` (C-contiguous).
+
+    Rows are ordered image by image, then row-major over positions, so
+    ``rows.reshape(n, h, w, C)`` recovers the layout and ``np.arange(n * h * w) // (h * w)``
+    is each row's image index.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels import patch_rows
+    >>> patch_rows(np.zeros((2, 5, 3, 4), np.float32)).shape
+    (24, 5)
+    """
+    X = np.asarray(X)
+    n, c = X.shape[:2]
+    return np.ascontiguousarray(X.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c))

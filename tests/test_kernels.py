@@ -1,0 +1,209 @@
+"""Shared numeric kernels against brute-force references."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils import check_random_state
+
+from skad._kernels.ann import build_index
+from skad._kernels.coreset import greedy_coreset, random_projection
+from skad._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
+from skad._kernels.knn import knn_search
+
+
+def _brute_knn(q, b, k, qg=None, bg=None):
+    D = np.sqrt(((q[:, None, :].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1))
+    if qg is not None:
+        D[qg[:, None] == bg[None, :]] = np.inf
+    idx = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, idx, 1), idx
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(137, 9)).astype(np.float32), rng.normal(size=(211, 9)).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("chunks", [(None, None), (7, 13), (50, 4)])
+def test_knn_matches_brute_force(data, k, chunks):
+    q, b = data
+    d, i = knn_search(q, b, k, chunk_size=chunks[0], bank_chunk_size=chunks[1])
+    d_ref, i_ref = _brute_knn(q, b, k)
+    assert d.dtype == np.float32 and i.dtype == np.int64 and d.shape == (137, k)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(i, i_ref)
+    assert np.all(np.diff(d, axis=1) >= 0)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_group_exclusion(data, k):
+    q, b = data
+    rng = np.random.default_rng(1)
+    qg, bg = rng.integers(0, 5, len(q)), rng.integers(0, 5, len(b))
+    d, i = knn_search(q, b, k, query_groups=qg, bank_groups=bg, bank_chunk_size=17)
+    d_ref, i_ref = _brute_knn(q, b, k, qg, bg)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(i, i_ref)
+    assert not np.any(bg[i] == qg[:, None])
+
+
+def test_knn_self_exclusion():
+    x = np.random.default_rng(2).normal(size=(40, 3)).astype(np.float32)
+    ids = np.arange(40)
+    d, i = knn_search(x, x, 2, query_groups=ids, bank_groups=ids)
+    assert not np.any(i == ids[:, None])
+    d_ref, i_ref = _brute_knn(x, x, 3)  # first column is the point itself
+    np.testing.assert_array_equal(i, i_ref[:, 1:])
+
+
+def test_knn_torch_input_and_tensors():
+    q = torch.randn(5, 4)
+    d, i = knn_search(q, q, 1, return_tensors=True)
+    assert isinstance(d, torch.Tensor) and torch.all(i[:, 0] == torch.arange(5))
+    assert float(d.max()) < 1e-3
+
+
+def test_knn_errors(data):
+    q, b = data
+    with pytest.raises(ValueError, match="k=212 exceeds"):
+        knn_search(q, b, 212)
+    with pytest.raises(ValueError, match="eligible"):
+        knn_search(q[:2], b[:3], 2, query_groups=[0, 1], bank_groups=[0, 0, 1])
+    with pytest.raises(ValueError, match="give both"):
+        knn_search(q, b, 1, query_groups=np.zeros(len(q), int))
+    with pytest.raises(ValueError, match="features"):
+        knn_search(q, b[:, :3], 1)
+    with pytest.raises(ValueError, match="k: expected a positive int"):
+        knn_search(q, b, 0)
+    with pytest.raises(ValueError, match="2-D"):
+        knn_search(q[0], b, 1)
+
+
+def test_exact_index_and_approx_recall():
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(3000, 16)).astype(np.float32)
+    q = rng.normal(size=(200, 16)).astype(np.float32)
+    exact = build_index(bank, method="exact")
+    assert exact.method_ == "exact"
+    assert build_index(bank, approx_threshold=1000).method_ == "approx"
+    assert build_index(bank).method_ == "exact"
+    d_e, i_e = exact.query(q, 5)
+    approx = build_index(bank, method="approx", random_state=0)
+    d_a, i_a = approx.query(q, 5)
+    recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(i_a, i_e)])
+    assert recall > 0.9, recall
+    assert np.all(d_a >= d_e[:, :1] - 1e-4)
+    # group exclusion by over-querying
+    bg = np.arange(3000) // 10
+    qg = np.arange(200) // 2
+    d_g, i_g = approx.query(q, 5, query_groups=qg, bank_groups=bg)
+    assert d_g.shape == (200, 5) and not np.any(bg[i_g] == qg[:, None])
+    with pytest.raises(ValueError, match="method"):
+        build_index(bank, method="fast")
+
+
+def _naive_greedy(X, n_select, seed, projection_dim=128):
+    rng = check_random_state(seed)
+    Z = random_projection(X, projection_dim, random_state=rng).numpy().astype(np.float64)
+    sel = [rng.randint(len(X))]
+    mind = np.linalg.norm(Z - Z[sel[0]], axis=1)
+    for _ in range(n_select - 1):
+        mind[sel[-1]] = -1
+        sel.append(int(np.argmax(mind)))
+        mind = np.minimum(mind, np.linalg.norm(Z - Z[sel[-1]], axis=1))
+    return np.array(sel)
+
+
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_coreset_matches_naive_greedy(projection_dim):
+    rng = np.random.default_rng(4)
+    X = (rng.normal(size=(1500, 6)) @ rng.normal(size=(6, 20))).astype(np.float32)
+    got = greedy_coreset(X, 120, projection_dim=projection_dim, random_state=7, leaf_size=16)
+    np.testing.assert_array_equal(got, _naive_greedy(X, 120, 7, projection_dim))
+
+
+def test_coreset_reproducible_and_distinct():
+    X = np.random.default_rng(5).normal(size=(800, 30)).astype(np.float32)
+    a = greedy_coreset(X, 100, projection_dim=16, random_state=0)
+    b = greedy_coreset(X, 100, projection_dim=16, random_state=0)
+    c = greedy_coreset(X, 100, projection_dim=16, random_state=1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.dtype == np.int64 and len(np.unique(a)) == 100
+    # duplicates: never the same row twice
+    Xd = np.repeat(X[:5], 4, axis=0)
+    assert len(np.unique(greedy_coreset(Xd, 20, random_state=0))) == 20
+    with pytest.raises(ValueError, match="n_select"):
+        greedy_coreset(X, 0)
+    with pytest.raises(ValueError, match="n_select"):
+        greedy_coreset(X, 801)
+
+
+def test_coreset_covers_better_than_random():
+    rng = np.random.default_rng(6)
+    X = np.r_[rng.normal(size=(990, 5)), rng.normal(size=(10, 5)) + 20].astype(np.float32)
+    sel = greedy_coreset(X, 20, projection_dim=None, random_state=0)
+    assert np.any(sel >= 990)  # the far cluster is always covered
+    radius = knn_search(X, X[sel], 1)[0].max()
+    rand = rng.choice(len(X), 20, replace=False)
+    assert radius < knn_search(X, X[rand], 1)[0].max()
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.3])
+def test_gaussians_against_numpy(two_threads, shrinkage):
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(60, 7, 5)) @ rng.normal(size=(5, 5))
+    mu, cov = fit_gaussians(X, shrinkage=shrinkage, eps=0.01, chunk_size=3)
+    for p in range(7):
+        S = np.cov(X[:, p].T)
+        S = (1 - shrinkage) * S + shrinkage * np.trace(S) / 5 * np.eye(5) + 0.01 * np.eye(5)
+        np.testing.assert_allclose(mu[p], X[:, p].mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(cov[p], S, rtol=1e-4, atol=1e-4)
+    L = cholesky_factors(cov)
+    np.testing.assert_allclose(L @ np.swapaxes(L, 1, 2), cov, rtol=1e-4, atol=1e-4)
+    Xq = rng.normal(size=(9, 7, 5))
+    got = mahalanobis(Xq, mu, L, chunk_size=4)
+    ref = np.empty((9, 7))
+    for p in range(7):
+        diff = Xq[:, p] - mu[p]
+        ref[:, p] = np.sqrt(np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov[p]), diff))
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_gaussians_many_positions_two_threads(two_threads):
+    # the shape that makes batched torch.linalg.inv abort with 2 threads (oneMKL SLASWP)
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(20, 784, 152)).astype(np.float32)
+    mu, cov = fit_gaussians(X)
+    L = cholesky_factors(cov)
+    d = mahalanobis(X[:2], mu, L)
+    assert d.shape == (2, 784) and np.all(np.isfinite(d))
+    p = 100
+    diff = X[1, p] - mu[p]
+    ref = np.sqrt(diff @ np.linalg.inv(cov[p].astype(np.float64)) @ diff)
+    np.testing.assert_allclose(d[1, p], ref, rtol=1e-3)
+
+
+def test_gaussian_errors():
+    with pytest.raises(ValueError, match="positive definite"):
+        cholesky_factors(np.zeros((2, 3, 3)))
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_gaussians(np.ones((1, 2, 3)))
+    with pytest.raises(ValueError, match="shrinkage"):
+        fit_gaussians(np.ones((3, 2, 3)), shrinkage=2.0)
+    with pytest.raises(ValueError, match="3-D"):
+        fit_gaussians(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="expected shapes"):
+        mahalanobis(np.ones((3, 2, 3)), np.zeros((2, 4)), np.ones((2, 4, 4)))
