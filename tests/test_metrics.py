@@ -299,3 +299,32 @@ def test_scorer_errors_and_undefined():
         scorer = make_anomaly_scorer(pro_score, level="pixel", max_fpr=0.05)
         assert scorer(_ByMax().fit(X), X, masks) == 1.0
     assert "max_fpr=0.05" in repr(scorer)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8, np.int16])
+def test_sort_kernel_matches_argsort(dtype):
+    from skad.metrics._ranking import _sorted_groups
+
+    rng = np.random.default_rng(0)
+    if np.dtype(dtype).kind == "f":
+        values = np.r_[rng.standard_normal(500), [0.0, -0.0, 1e-30, -1e-30, 3.0, 3.0]]
+    else:
+        values = rng.integers(0, 50, 500)
+    values = values.astype(dtype)
+    codes = rng.integers(0, 7, values.size)
+    thr, last, c = _sorted_groups(values, codes)
+    assert thr.dtype == values.dtype
+    np.testing.assert_array_equal(thr, np.unique(values)[::-1])
+    # the codes travel with their values: same codes in each group of equal values
+    starts = np.r_[0, last[:-1] + 1]
+    for t, a, b in zip(thr, starts, last + 1):
+        np.testing.assert_array_equal(np.sort(c[a:b]), np.sort(codes[values == t]))
+
+
+def test_float64_maps_not_exact_in_float32():
+    # values that differ only beyond float32 precision must stay distinct thresholds
+    masks = np.array([[[1, 0, 0]]])
+    maps = np.array([[[1.0 + 1e-12, 1.0, 0.5]]])
+    assert pixel_auroc(masks, maps) == 1.0
+    fpr, pro, thr = pro_curve(masks, maps)
+    assert thr[1] == 1.0 + 1e-12 and pro.tolist() == [0.0, 1.0, 1.0, 1.0]

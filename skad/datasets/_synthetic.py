@@ -16,8 +16,17 @@ DEFECT_TYPES = ("scratch", "spot", "crack", "missing", "color")
 
 # -- normal surfaces ---------------------------------------------------------------
 def _noise(rng, shape, sigma):
-    """Smooth Gaussian noise of unit standard deviation (periodic boundary)."""
-    n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    """Smooth Gaussian noise of unit standard deviation (periodic boundary).
+
+    White noise filtered by a Gaussian of standard deviation ``sigma`` pixels (a scalar
+    or (sigma_y, sigma_x)) in the Fourier domain: the cost does not grow with sigma.
+    """
+    sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
+    white = rng.standard_normal(shape)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    transfer = np.exp(-2.0 * np.pi**2 * ((sy * fy) ** 2 + (sx * fx) ** 2))
+    n = np.fft.irfft2(np.fft.rfft2(white) * transfer, s=shape)
     return n / (n.std() + 1e-12)
 
 
@@ -26,11 +35,12 @@ def _fractal(rng, shape, sigmas=(0.7, 1.5, 3.0, 6.0), gains=(0.35, 0.3, 0.2, 0.1
 
 
 def _texture(rng, size):
-    """A woven / leather-like surface: warped periodic weave plus fractal grain.
+    """A leather-like surface: warped periodic grain, fractal noise and dark pores.
 
-    Every image draws its own phase, warp and grain, so textures are not pixel-aligned
-    across images (as real textured surfaces): a per-pixel model of the mean image
-    cannot describe them.
+    Every image draws its own phase, warp, grain, pores and a global gain (lighting /
+    batch variation), so textures are not pixel-aligned across images and normal
+    images hold small dark pores as dark as the defects: a per-pixel model of the mean
+    image cannot tell them apart, a local-structure model can.
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     period = size / 14.0 * (1.0 + 0.04 * rng.standard_normal())
@@ -41,8 +51,19 @@ def _texture(rng, size):
     weave = np.sin(2 * np.pi * (xx + wx) / period + p0) * np.sin(2 * np.pi * (yy + wy) / period + p1)
     grain = _fractal(rng, (size, size))
     g_angle = rng.uniform(0, 2 * np.pi)
-    light = 0.05 * ((xx - size / 2) * np.cos(g_angle) + (yy - size / 2) * np.sin(g_angle)) / size
-    lum = 0.58 + 0.11 * weave + 0.06 * grain + light + 0.02 * rng.standard_normal()
+    light = 0.06 * ((xx - size / 2) * np.cos(g_angle) + (yy - size / 2) * np.sin(g_angle)) / size
+    lum = 0.56 + 0.15 * weave + 0.08 * grain + light
+    # pores: small dark dots, about 30 per 128x128
+    n_pores = rng.poisson(30 * (size / 128.0) ** 2)
+    centres = rng.uniform(0, size, (n_pores, 2))
+    radii = rng.uniform(0.8, 1.8, n_pores)
+    depth = rng.uniform(0.35, 0.6, n_pores)
+    for (cy, cx), r, d in zip(centres, radii, depth):
+        y0, y1 = int(max(0, cy - 3)), int(min(size, cy + 4))
+        x0, x1 = int(max(0, cx - 3)), int(min(size, cx + 4))
+        dist2 = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2
+        lum[y0:y1, x0:x1] *= 1.0 - (1.0 - d) * np.exp(-dist2 / (2 * (r / 1.5) ** 2))
+    lum *= rng.uniform(0.88, 1.12)
     base = np.array([0.78, 0.63, 0.46]) * (1.0 + 0.03 * rng.standard_normal(3))
     img = lum[..., None] * base
     img += 0.012 * rng.standard_normal(img.shape)
@@ -65,7 +86,7 @@ def _object(rng, size):
     theta = np.arctan2(dy, dx)
     r_out, r_in = 0.37 * size, 0.13 * size
     ring = (r <= r_out) & (r >= r_in)
-    # brushed metal: grain stretched along the angle, shading from a light source
+    # brushed metal: grain stretched horizontally, shading from a light source
     grain = _noise(rng, (size, size), (0.6, 2.5))
     shade = 0.62 + 0.14 * np.cos(theta - 0.8) + 0.035 * grain
     bevel = np.clip(1.0 - np.abs(r - r_out + 0.03 * size) / (0.03 * size), 0, 1)
@@ -77,7 +98,7 @@ def _object(rng, size):
         hy, hx = cy + 0.25 * size * np.sin(a), cx + 0.25 * size * np.cos(a)
         hole = np.hypot(yy - hy, xx - hx) <= 0.035 * size
         part &= ~hole
-    img = np.where(part[..., None], metal, img)
+    img = np.where(part[..., None], metal, img) * rng.uniform(0.94, 1.06)
     img += 0.01 * rng.standard_normal(img.shape)
     return img, part
 
@@ -165,10 +186,10 @@ def _apply_defect(rng, img, support, kind, size, is_object, make_normal):
             background = make_normal()[0]  # same fixture, no part: use its background
             out[mask] = background[mask]
         else:
-            # a hole through the material showing a dark backing
+            # a hole through the material: a flat, shadowed backing replaces the grain
             mask = _blob_mask(rng, size, centre, rng.uniform(0.03, 0.06) * size) & support
-            dark = 0.12 + 0.03 * rng.standard_normal((int(mask.sum()), 3))
-            out[mask] = dark
+            backing = out[mask].mean(axis=0) * rng.uniform(0.35, 0.5)
+            out[mask] = backing + 0.01 * rng.standard_normal((int(mask.sum()), 3))
     else:  # pragma: no cover - guarded by make_synthetic
         raise ValueError(kind)
     changed = np.any(np.abs(out - img) > 1e-6, axis=-1)

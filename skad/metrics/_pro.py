@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._ranking import _check_maps, _descending_cumsums
+from ._ranking import _check_maps, _sorted_groups
 
 __all__ = ["pro_curve", "pro_score"]
 
@@ -18,32 +18,45 @@ def _structure(connectivity):
     raise ValueError(f"connectivity: expected 4 or 8; got {connectivity!r}")
 
 
-def _region_weights(masks, connectivity):
-    """Per-pixel weights: 1 for normal pixels (FPR) and 1/(|region| * n_regions) in regions.
+def _label_regions(masks, connectivity):
+    """Label the connected regions of all masks once, with ids unique across images.
 
-    Connected components are labelled once per mask; the PRO at a threshold is then the
-    sum of region weights over the pixels scoring at or above it (the mean over regions
-    of each region's overlap).
+    Returns ``labels`` (int32, same shape as ``masks``; 0 = normal pixel, k >= 1 = region
+    k) and ``weights`` (float64, indexed by region id): ``weights[0] = 0`` and
+    ``weights[k] = 1 / (size of region k x number of regions)``, so the PRO at a
+    threshold is the sum of ``weights[labels]`` over the pixels scoring at or above it
+    (the mean, over regions, of each region's overlap).
     """
     structure = _structure(connectivity)
-    region_w = np.zeros(masks.shape, dtype=np.float64)
+    labels = np.zeros(masks.shape, dtype=np.int32)
+    sizes = [np.zeros(1, dtype=np.int64)]
     n_regions = 0
     for i, mask in enumerate(masks):
         if not mask.any():
             continue
         lab, n = ndimage.label(mask, structure=structure)
-        sizes = np.bincount(lab.ravel())
-        inv = np.zeros(sizes.shape, dtype=np.float64)
-        inv[1:] = 1.0 / sizes[1:]
-        region_w[i] = inv[lab]
+        sizes.append(np.bincount(lab.ravel(), minlength=n + 1)[1:])
+        lab[lab > 0] += n_regions
+        labels[i] = lab
         n_regions += n
-    normal_w = (masks == 0).astype(np.float64)
-    n_normal = normal_w.sum()
+    n_normal = int(masks.size - sum(int(sz.sum()) for sz in sizes))
     if n_regions == 0:
         raise ValueError("PRO is undefined without anomalous regions: every mask is empty")
     if n_normal == 0:
         raise ValueError("PRO is undefined without normal pixels: every mask pixel is anomalous")
-    return normal_w, region_w / n_regions, n_normal
+    sizes = np.concatenate(sizes).astype(np.float64)
+    weights = np.zeros(sizes.shape, dtype=np.float64)
+    weights[1:] = 1.0 / (sizes[1:] * n_regions)
+    return labels, weights, n_normal
+
+
+def _pro_cumsums(values, labels, weights):
+    """Thresholds, cumulative normal-pixel counts and PRO for pixels ``values``/``labels``."""
+    thr, last, lab = _sorted_groups(values, labels)
+    fps = np.cumsum(lab == 0, dtype=np.int64)[last]
+    # the sum of region weights may exceed 1 by rounding (1e-16 per region)
+    pro = np.minimum(np.cumsum(weights[lab])[last], 1.0)
+    return thr, fps, pro
 
 
 def pro_curve(masks, maps, *, connectivity=8):
@@ -81,10 +94,9 @@ def pro_curve(masks, maps, *, connectivity=8):
     ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
     """
     masks, maps = _check_maps(masks, maps)
-    normal_w, region_w, n_normal = _region_weights(masks, connectivity)
-    thr, (fps, pro) = _descending_cumsums(maps, normal_w, region_w)
-    # the sum of region weights may exceed 1 by rounding (1e-16 per region)
-    return np.r_[0.0, fps / n_normal], np.r_[0.0, np.minimum(pro, 1.0)], np.r_[np.inf, thr]
+    labels, weights, n_normal = _label_regions(masks, connectivity)
+    thr, fps, pro = _pro_cumsums(maps.ravel(), labels.ravel(), weights)
+    return np.r_[0.0, fps / n_normal], np.r_[0.0, pro], np.r_[np.inf, thr]
 
 
 def _area_up_to(x, y, x_max):
@@ -158,21 +170,19 @@ def pro_score(masks, maps, *, max_fpr=0.3, connectivity=8):
         raise ValueError(f"max_fpr: expected a float in (0, 1]; got {max_fpr!r}")
     max_fpr = float(max_fpr)
     masks, maps = _check_maps(masks, maps)
-    normal_w, region_w, n_normal = _region_weights(masks, connectivity)
+    labels, weights, n_normal = _label_regions(masks, connectivity)
     flat = maps.ravel()
-    normal = masks.ravel() == 0
-    # Keep the pixels scoring >= t*, where t* is the (k)-th largest normal value with
-    # k = floor(max_fpr * n_normal) + 1: the curve then reaches an FPR > max_fpr at t*.
+    lab = labels.ravel()
+    # Keep the pixels scoring >= t*, the k-th largest normal value with
+    # k = floor(max_fpr * n_normal) + 1: the curve then passes FPR = max_fpr at or
+    # before t*, and pixels below t* cannot change the area.
     k = int(np.floor(max_fpr * n_normal)) + 1
     if k < n_normal:
-        normal_scores = flat[normal]
-        t_star = np.partition(normal_scores, normal_scores.size - k)[normal_scores.size - k]
+        normal_scores = flat[lab == 0]
+        t_star = np.partition(normal_scores, n_normal - k)[n_normal - k]
         keep = flat >= t_star
-        _, (fps, pro) = _descending_cumsums(
-            flat[keep], normal_w.ravel()[keep], region_w.ravel()[keep]
-        )
-    else:
-        _, (fps, pro) = _descending_cumsums(flat, normal_w, region_w)
+        flat, lab = flat[keep], lab[keep]
+    _, fps, pro = _pro_cumsums(flat, lab, weights)
     fpr = np.r_[0.0, fps / n_normal]
-    pro = np.r_[0.0, np.minimum(pro, 1.0)]  # rounding of the region weights' sum
+    pro = np.r_[0.0, pro]
     return _area_up_to(fpr, pro, max_fpr) / max_fpr

@@ -1,7 +1,7 @@
 """Threshold-free metrics for anomaly scores (higher = more anomalous).
 
-One sort-based kernel, :func:`_descending_cumsums`, gives ROC, precision-recall and PRO
-curves: sort the scores once, accumulate per-sample weights, keep the last index of each
+One sort-based kernel gives ROC, precision-recall and PRO curves: sort the scores once
+(:func:`_sorted_groups`), accumulate counts or weights, keep the last index of each
 group of tied scores (one point per distinct threshold).
 """
 
@@ -23,18 +23,63 @@ __all__ = [
 ]
 
 
-def _descending_cumsums(scores, *weights):
-    """Distinct thresholds (descending) and cumulative sums of ``weights`` at each.
+def _float32_exact(values):
+    """``values`` as float32 if that loses nothing, else None."""
+    if values.dtype == np.float32:
+        return values
+    if values.dtype.kind == "f" or (values.dtype.kind in "iu" and values.dtype.itemsize <= 2):
+        v32 = values.astype(np.float32)
+        if values.dtype.kind != "f" or np.array_equal(v32, values):
+            return v32
+    return None
 
-    ``out[k][i]`` = sum of ``weights[k]`` over samples with score >= ``thresholds[i]``.
+
+def _sorted_groups(values, codes):
+    """Sort ``values`` (1-D) in descending order, carrying non-negative int ``codes``.
+
+    Returns ``(thresholds, last, sorted_codes)``: the distinct values in descending
+    order, the index of the last element of each group of equal values in the sorted
+    order, and the codes in that order. For float32-exact values (anomaly maps are
+    float32) the value's order-preserving bit pattern and the code are packed into one
+    uint64 key sorted with ``np.sort``, several times faster than ``argsort`` and the
+    gathers it needs; otherwise ``argsort``.
+    """
+    v32 = _float32_exact(values)
+    if v32 is None or codes.size == 0 or int(codes.max()) >= 2**32:
+        order = np.argsort(values)[::-1]
+        s = values[order]
+        last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
+        return s[last], last, codes[order]
+    bits = (v32 + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
+    # order-preserving map of IEEE floats to unsigned ints: flip the negatives, set
+    # the sign bit of the others
+    key32 = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    key = (key32.astype(np.uint64) << np.uint64(32)) | codes.astype(np.uint64)
+    del key32, bits
+    key.sort()
+    key = key[::-1]
+    hi = (key >> np.uint64(32)).astype(np.uint32)
+    last = np.r_[np.flatnonzero(hi[1:] != hi[:-1]), hi.size - 1]
+    hi = hi[last]
+    thr = np.where(hi >> np.uint32(31), hi & np.uint32(0x7FFFFFFF), ~hi).view(np.float32)
+    return thr.astype(values.dtype, copy=False), last, key & np.uint64(0xFFFFFFFF)
+
+
+def _descending_cumsums(scores, labels):
+    """Distinct thresholds (descending) with the true and false positives at each.
+
+    ``tps[i]`` / ``fps[i]`` count the positive / negative samples scoring
+    ``>= thresholds[i]``: one sort, a cumulative sum, the last index of each group of
+    tied scores (one point per distinct threshold).
     """
     scores = np.asarray(scores).ravel()
-    order = np.argsort(scores)[::-1]
-    s = scores[order]
-    # last index of each group of tied scores
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
-    out = [np.cumsum(np.asarray(w).ravel()[order], dtype=np.float64)[last] for w in weights]
-    return s[last], out
+    codes = np.asarray(labels).ravel()
+    if codes.dtype.kind not in "ub":
+        codes = codes.astype(np.uint8)
+    thr, last, c = _sorted_groups(scores, codes)
+    tps = np.cumsum(c, dtype=np.int64)[last]
+    fps = (last + 1) - tps
+    return thr, tps.astype(np.float64), fps.astype(np.float64)
 
 
 def _check_scores(scores, n, name="anomaly_scores"):
@@ -106,7 +151,7 @@ def roc_curve(y_true, anomaly_scores):
     """
     labels, scores = _labels_and_scores(y_true, anomaly_scores)
     _check_two_classes(labels, "ROC curve")
-    thr, (tps, fps) = _descending_cumsums(scores, labels, 1.0 - labels)
+    thr, tps, fps = _descending_cumsums(scores, labels)
     tpr = np.r_[0.0, tps / tps[-1]]
     fpr = np.r_[0.0, fps / fps[-1]]
     return fpr, tpr, np.r_[np.inf, thr]
@@ -117,14 +162,14 @@ def _labels_and_scores(y_true, scores):
     y = np.asarray(y_true)
     if scores_arr.ndim >= 2:
         masks, maps = _check_maps(y, scores_arr)
-        return masks.ravel().astype(np.float64), maps.ravel().astype(np.float64)
+        return masks.ravel(), maps.ravel()
     labels = labels_from_y(y, name="y_true")
-    return labels.astype(np.float64), _check_scores(scores_arr, labels.shape[0])
+    return labels, _check_scores(scores_arr, labels.shape[0])
 
 
 def _auroc(labels, scores, what):
     _check_two_classes(labels, what)
-    _, (tps, fps) = _descending_cumsums(scores, labels, 1.0 - labels)
+    _, tps, fps = _descending_cumsums(scores, labels)
     tpr = np.r_[0.0, tps / tps[-1]]
     fpr = np.r_[0.0, fps / fps[-1]]
     return float(np.trapezoid(tpr, fpr))
@@ -132,7 +177,7 @@ def _auroc(labels, scores, what):
 
 def _average_precision(labels, scores, what):
     _check_two_classes(labels, what)
-    _, (tps, fps) = _descending_cumsums(scores, labels, 1.0 - labels)
+    _, tps, fps = _descending_cumsums(scores, labels)
     precision = tps / (tps + fps)
     recall = tps / tps[-1]
     # AP = sum_n (R_n - R_{n-1}) P_n (step-wise, no interpolation), as scikit-learn
@@ -141,7 +186,7 @@ def _average_precision(labels, scores, what):
 
 def _f1_max(labels, scores, what):
     _check_two_classes(labels, what)
-    thr, (tps, fps) = _descending_cumsums(scores, labels, 1.0 - labels)
+    thr, tps, fps = _descending_cumsums(scores, labels)
     n_pos = tps[-1]
     # F1 = 2 TP / (2 TP + FP + FN) with FN = P - TP
     f1 = 2.0 * tps / (tps + fps + n_pos)
@@ -176,7 +221,7 @@ def image_auroc(y_true, anomaly_scores):
     >>> image_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     0.75
     """
-    labels = labels_from_y(y_true, name="y_true").astype(np.float64)
+    labels = labels_from_y(y_true, name="y_true")
     scores = _check_scores(anomaly_scores, labels.shape[0])
     return _auroc(labels, scores, "image AUROC")
 
@@ -204,7 +249,7 @@ def pixel_auroc(masks, maps):
     1.0
     """
     m, a = _check_maps(masks, maps)
-    return _auroc(m.ravel().astype(np.float64), a.ravel(), "pixel AUROC")
+    return _auroc(m.ravel(), a.ravel(), "pixel AUROC")
 
 
 def image_ap(y_true, anomaly_scores):
@@ -225,7 +270,7 @@ def image_ap(y_true, anomaly_scores):
     >>> round(image_ap([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]), 4)
     0.8333
     """
-    labels = labels_from_y(y_true, name="y_true").astype(np.float64)
+    labels = labels_from_y(y_true, name="y_true")
     scores = _check_scores(anomaly_scores, labels.shape[0])
     return _average_precision(labels, scores, "image AP")
 
@@ -250,7 +295,7 @@ def pixel_ap(masks, maps):
     0.8333333333333333
     """
     m, a = _check_maps(masks, maps)
-    return _average_precision(m.ravel().astype(np.float64), a.ravel(), "pixel AP")
+    return _average_precision(m.ravel(), a.ravel(), "pixel AP")
 
 
 def f1_max(y_true, scores, *, level="auto", return_threshold=False):
@@ -286,9 +331,9 @@ def f1_max(y_true, scores, *, level="auto", return_threshold=False):
         level = "pixel" if scores_arr.ndim >= 2 else "image"
     if level == "pixel":
         m, a = _check_maps(y_true, scores_arr)
-        labels, flat = m.ravel().astype(np.float64), a.ravel()
+        labels, flat = m.ravel(), a.ravel()
     else:
-        labels = labels_from_y(y_true, name="y_true").astype(np.float64)
+        labels = labels_from_y(y_true, name="y_true")
         flat = _check_scores(scores_arr, labels.shape[0], name="scores")
     f1, thr = _f1_max(labels, flat, f"{level} F1-max")
     return (f1, thr) if return_threshold else f1

@@ -385,7 +385,12 @@ def masks_from_y(y, *, name: str = "y") -> np.ndarray:
         raise ValueError(f"{name}: expected masks of shape (n, H, W); got shape {y.shape}")
     if y.dtype.kind not in "uifb":
         raise ValueError(f"{name}: masks must be numeric; got dtype {y.dtype}")
-    vals = np.unique(y)
+    if y.dtype == np.bool_:
+        return y.astype(np.uint8)
+    if y.dtype == np.uint8:  # linear-time check of the values (masks can be large)
+        vals = np.flatnonzero(np.bincount(y.ravel(), minlength=256))
+    else:
+        vals = np.unique(y)
     if not set(vals.tolist()) <= {0, 1, 255}:
         raise ValueError(
             f"{name}: masks must be binary (0/1, bool or 0/255); got values {vals[:5].tolist()}"
