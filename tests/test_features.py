@@ -287,15 +287,17 @@ def test_paths_of_different_sizes_are_resized_one_by_one(tmp_path, lite0_fitted)
     np.testing.assert_allclose(out[0], ext.transform(big[None])[0], rtol=1e-4, atol=1e-4)
 
 
-def test_batches_and_threads_do_not_change_features(lite0_fitted):
+def test_batches_and_threads_do_not_change_features(lite0_fitted, capfd):
     ext, X = lite0_fitted
     ref = ext.transform(X)
+    assert "PatchFeatureExtractor" not in capfd.readouterr().err
     before = torch.get_num_threads()
     try:  # batch_size, n_threads and verbose act at transform time
         ext.set_params(batch_size=1, n_threads=1, verbose=True)
         np.testing.assert_allclose(ext.transform(X), ref, rtol=1e-5, atol=1e-5)
     finally:
         ext.set_params(batch_size=16, n_threads=None, verbose=False)
+    assert "PatchFeatureExtractor" in capfd.readouterr().err  # the progress bar
     assert torch.get_num_threads() == before
     assert str(ext.device_) == ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -413,6 +415,12 @@ def test_corrupt_file_is_named(tmp_path, lite0_fitted):
 def test_bad_params_are_clear_errors(params, match):
     with pytest.raises((ValueError, TypeError), match=match):
         PatchFeatureExtractor(**{"input_size": 64, **params}).fit(_images(1, 32))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(ValueError, match="device.*CUDA is not available"):
+        PatchFeatureExtractor(device="cuda").fit(_images(1, 32))
 
 
 def test_mismatched_state_dict(tmp_path):

@@ -464,7 +464,7 @@ def truncate_backbone(model: nn.Module, layers) -> nn.Module:
             f"layers: unknown layer name(s) {unknown} for {type(model).__name__}; "
             f"available (up to depth 2): {available}"
         )
-    from timm.models._features_fx import create_feature_extractor
+    from timm.layers import create_feature_extractor
 
     try:
         body = create_feature_extractor(model, return_nodes={n: n for n in layers})

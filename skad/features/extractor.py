@@ -363,11 +363,11 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         self.pooling_ = self._check_pooling()
         weights = self._check_weights()
         device = _resolve_device(self.device)
-        module = self._build_module(weights)
+        module = self._build_module(weights).to(device)
 
         probe_size = self.input_size_ or images.image_size
         with torch.inference_mode():
-            feats = module.body(torch.zeros(1, 3, *probe_size))
+            feats = module.body(torch.zeros(1, 3, *probe_size, device=device))
         shapes = []
         for name in self.layers_:
             out = feats[name]
@@ -384,7 +384,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         self.feature_shape_ = (int(finest[1]), int(finest[2]))
         self.stride_ = int(round(probe_size[0] / finest[1]))
         self.device_ = device
-        self.module_ = module.to(device).eval()
+        self.module_ = module.eval()
         return self
 
     # -------------------------------------------------------------- transform
