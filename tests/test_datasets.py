@@ -52,6 +52,8 @@ def mvtec_tree(tmp_path):
 # -- load_mvtec ------------------------------------------------------------------------
 def test_load_mvtec_tree(mvtec_tree):
     data = load_mvtec(mvtec_tree, "widget", resize=32, crop=28)
+    threaded = load_mvtec(mvtec_tree, "widget", resize=32, crop=28, n_jobs=2)
+    np.testing.assert_array_equal(threaded.test_images, data.test_images)
     assert data.train_images.shape == (3, 28, 28, 3) and data.train_images.dtype == np.uint8
     assert data.test_images.shape == (3, 28, 28, 3)
     assert data.test_masks.shape == (3, 28, 28) and data.test_masks.dtype == np.uint8
@@ -108,6 +110,8 @@ def test_load_mvtec_errors(mvtec_tree, tmp_path):
     (cat / "train" / "good" / "002.png").write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match=r"cannot read image file .*002.png"):
         load_mvtec(mvtec_tree, "widget")
+    with pytest.raises(ValueError, match=r"cannot read image file .*002.png"):
+        load_mvtec(mvtec_tree, "widget", n_jobs=2)
     with pytest.raises(ValueError, match=r"cannot read image file .*002.png"):
         load_mvtec(mvtec_tree, "widget", resize=None, crop=None, return_paths=True)
     # empty category
@@ -225,7 +229,7 @@ def test_load_crackforest_tree(tmp_path):
 
 # -- real data (../shared/data) ----------------------------------------------------------
 def test_load_mvtec_bottle(mvtec_root):
-    data = load_mvtec(mvtec_root, "bottle")
+    data = load_mvtec(mvtec_root, "bottle", n_jobs=2)
     assert data.train_images.shape == (209, 224, 224, 3)
     assert data.test_images.shape == (83, 224, 224, 3) and data.test_masks.shape == (83, 224, 224)
     assert int(data.test_labels.sum()) == 63

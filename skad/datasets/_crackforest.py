@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-from ._io import check_geometry, image_size_of, list_images, read_image, read_mask, stack_images
+from ._io import (
+    check_geometry,
+    image_size_of,
+    list_images,
+    read_images,
+    read_mask,
+    stack_images,
+)
 from ._mvtec import _check_return_paths
 
 __all__ = ["load_crackforest"]
@@ -21,6 +28,7 @@ def load_crackforest(
     crop=None,
     interpolation="bilinear",
     return_paths=False,
+    n_jobs=None,
 ):
     """Load CrackForest (Shi et al. 2016): road images with thin, low-contrast cracks.
 
@@ -36,6 +44,9 @@ def load_crackforest(
         Default None: native 320x480 (H x W).
     return_paths : bool, default=False
         Return image file paths instead of decoded images (requires resize=crop=None).
+    n_jobs : int or None, default=None
+        Threads decoding the image files (Pillow releases the GIL); None or 1 decodes
+        serially, -1 uses every core.
 
     Returns
     -------
@@ -107,7 +118,7 @@ def load_crackforest(
         images = [os.fspath(f) for f in files]
     else:
         images = stack_images(
-            [read_image(f, resize=resize, crop=crop, interpolation=interpolation) for f in files],
+            read_images(files, resize=resize, crop=crop, interpolation=interpolation, n_jobs=n_jobs),
             files,
             what="CrackForest images",
         )

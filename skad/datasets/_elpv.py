@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-from ._io import check_geometry, image_size_of, read_image, stack_images
+from ._io import check_geometry, image_size_of, read_images, stack_images
 from ._mvtec import _check_return_paths
 
 __all__ = ["load_elpv"]
@@ -49,6 +49,7 @@ def load_elpv(
     interpolation="bilinear",
     as_rgb=False,
     return_paths=False,
+    n_jobs=None,
 ):
     """Load the ELPV electroluminescence images of solar cells (Buerhop-Lutz et al.).
 
@@ -75,6 +76,9 @@ def load_elpv(
         True: ``(n, H, W, 3)``.
     return_paths : bool, default=False
         Return file paths instead of decoded images (requires resize=crop=None).
+    n_jobs : int or None, default=None
+        Threads decoding the image files (Pillow releases the GIL); None or 1 decodes
+        serially, -1 uses every core.
 
     Returns
     -------
@@ -155,8 +159,8 @@ def load_elpv(
         images = [os.fspath(f) for f in files]
     else:
         images = stack_images(
-            [read_image(f, resize=resize, crop=crop, interpolation=interpolation, mode=mode)
-             for f in files],
+            read_images(files, resize=resize, crop=crop, interpolation=interpolation, mode=mode,
+                        n_jobs=n_jobs),
             files,
         )
     labels = np.asarray(labels, dtype=np.int64)

@@ -14,7 +14,7 @@ from ._io import (
     image_size_of,
     list_images,
     output_size,
-    read_image,
+    read_images,
     read_mask,
     stack_images,
 )
@@ -43,6 +43,7 @@ def load_folder(
     crop=None,
     interpolation="bilinear",
     return_paths=False,
+    n_jobs=None,
 ):
     """Load images from ``root/<good_dir>/`` (normal) and ``root/<defect_type>/`` folders.
 
@@ -65,6 +66,9 @@ def load_folder(
         unless ``return_paths=True``).
     return_paths : bool, default=False
         Return file paths instead of decoded images (requires resize=crop=None).
+    n_jobs : int or None, default=None
+        Threads decoding the image files (Pillow releases the GIL); None or 1 decodes
+        serially, -1 uses every core.
 
     Returns
     -------
@@ -132,7 +136,7 @@ def load_folder(
         images = [os.fspath(f) for f in files]
     else:
         images = stack_images(
-            [read_image(f, resize=resize, crop=crop, interpolation=interpolation) for f in files],
+            read_images(files, resize=resize, crop=crop, interpolation=interpolation, n_jobs=n_jobs),
             files,
         )
     masks = None

@@ -14,6 +14,7 @@ __all__ = [
     "check_geometry",
     "list_images",
     "read_image",
+    "read_images",
     "read_mask",
     "image_size_of",
     "output_size",
@@ -131,6 +132,20 @@ def read_image(path, *, resize=None, crop=None, interpolation="bilinear", mode="
     }[interpolation]
     im = _open(path).convert(mode)
     return np.asarray(_apply_geometry(im, resize, crop, resample, os.fspath(path)))
+
+
+def read_images(paths, *, resize=None, crop=None, interpolation="bilinear", mode="RGB",
+                n_jobs=None):
+    """:func:`read_image` over ``paths``; ``n_jobs`` threads (Pillow decodes without the GIL).
+
+    ``n_jobs=None`` or 1 decodes serially; -1 uses every core (joblib semantics).
+    """
+    kw = dict(resize=resize, crop=crop, interpolation=interpolation, mode=mode)
+    if n_jobs in (None, 1) or len(paths) < 2:
+        return [read_image(p, **kw) for p in paths]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(read_image)(p, **kw) for p in paths)
 
 
 def read_mask(path, *, resize=None, crop=None, expected_size=None, image_path=None):

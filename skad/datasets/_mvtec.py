@@ -13,7 +13,7 @@ from ._io import (
     image_size_of,
     list_images,
     output_size,
-    read_image,
+    read_images,
     read_mask,
     stack_images,
 )
@@ -40,6 +40,7 @@ def load_mvtec(
     interpolation="bilinear",
     return_paths=False,
     mask_suffix="_mask",
+    n_jobs=None,
 ):
     """Load one category of a data set in the MVTec AD folder layout.
 
@@ -74,6 +75,9 @@ def load_mvtec(
         ``anomaly_map`` returns).
     mask_suffix : str, default="_mask"
         Suffix of the mask file names (``000.png`` -> ``000_mask.png``).
+    n_jobs : int or None, default=None
+        Threads decoding the image files (Pillow releases the GIL); None or 1 decodes
+        serially, -1 uses every core.
 
     Returns
     -------
@@ -170,7 +174,7 @@ def load_mvtec(
             for f in files:  # fail early on unreadable files, header only
                 image_size_of(f)
             return [os.fspath(f) for f in files]
-        imgs = [read_image(f, resize=resize, crop=crop, interpolation=interpolation) for f in files]
+        imgs = read_images(files, resize=resize, crop=crop, interpolation=interpolation, n_jobs=n_jobs)
         return stack_images(imgs, files, what=what)
 
     train_images = decode(train_files, "training images")

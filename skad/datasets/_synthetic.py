@@ -137,7 +137,7 @@ def _crack_mask(rng, size, start, length):
             pts.append(p.copy())
             if step > 4 and rng.uniform() < 0.03 and len(heads) < 2:
                 heads.append((p.copy(), a + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1), n * 0.4))
-    return _draw(np.array(pts), size, 1 + int(rng.uniform() < 0.4))
+    return _draw(np.array(pts), size, 1 + int(rng.uniform() < 0.6))
 
 
 def _blob_mask(rng, size, centre, radius, roughness=0.35):
@@ -159,13 +159,18 @@ def _apply_defect(rng, img, support, kind, size, is_object, make_normal):
     out = img.copy()
     if kind == "scratch":
         mask = _curve_mask(rng, size, centre, rng.uniform(0.15, 0.35) * size,
-                           1 + int(rng.uniform() < 0.5), 0.25)
-        delta = rng.choice([-1, 1]) * rng.uniform(0.12, 0.22)
-        mask &= support
-        out[mask] = out[mask] + delta
+                           2 + int(rng.uniform() < 0.5), 0.25) & support
+        delta = rng.choice([-1, 1]) * rng.uniform(0.08, 0.15)
+        if is_object:
+            out[mask] = out[mask] + 1.5 * delta
+        else:
+            # the grain is scraped off: a smooth line at the surface's local brightness,
+            # within the normal range of values, so only its structure gives it away
+            smooth = ndimage.gaussian_filter(img, (3, 3, 0))
+            out[mask] = smooth[mask] * (1.0 + delta)
     elif kind == "crack":
         mask = _crack_mask(rng, size, centre, rng.uniform(0.15, 0.3) * size) & support
-        out[mask] = out[mask] * rng.uniform(0.45, 0.65)
+        out[mask] = out[mask] * rng.uniform(0.4, 0.6)  # as dark as the pores
     elif kind == "spot":
         mask = _blob_mask(rng, size, centre, rng.uniform(0.03, 0.07) * size) & support
         stain = np.array([rng.uniform(0.5, 0.8), rng.uniform(0.45, 0.75), rng.uniform(0.4, 0.7)])
@@ -174,7 +179,7 @@ def _apply_defect(rng, img, support, kind, size, is_object, make_normal):
         mask = _blob_mask(rng, size, centre, rng.uniform(0.07, 0.12) * size, 0.6) & support
         tint = rng.uniform(0.0, 1.0, 3)
         tint = tint / tint.mean()
-        strength = rng.uniform(0.15, 0.25)
+        strength = rng.uniform(0.2, 0.35)
         lum = out[mask].mean(axis=1, keepdims=True)
         out[mask] = (1 - strength) * out[mask] + strength * lum * tint
     elif kind == "missing":
