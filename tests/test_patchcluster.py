@@ -190,3 +190,21 @@ def test_rejects_images():
 @parametrize_with_checks([PatchCluster(), PatchCluster(exclude="image", reweight="nearest")])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_nearest_reweighting_matches_patchcore_without_exclusion():
+    from skad._kernels import patch_rows
+    from skad.detectors.patchcore import reweighted_image_scores
+
+    X_train = _normal_maps(n=10, seed=0)
+    X_new = np.concatenate([_normal_maps(n=3, seed=4), _anomalous_copy(X_train)[None]])
+    det = PatchCluster(n_neighbors=3, reweight="nearest", n_reweight_neighbors=4).fit(X_train)
+    maps = det.anomaly_map(X_new)
+    n, c, h, w = X_new.shape
+    rows = patch_rows(X_new)
+    _, nn = det._index.query(rows, 1)
+    expected = reweighted_image_scores(
+        maps.reshape(n, h * w), rows.reshape(n, h * w, c), nn.reshape(n, h * w),
+        det.memory_bank_, 4,
+    )
+    np.testing.assert_allclose(det.anomaly_score(X_new), expected, rtol=1e-4)

@@ -15,7 +15,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels.coreset import greedy_coreset
-from .._kernels.knn import knn_search
+from .._kernels import patch_rows
+from .._kernels.ann import DEFAULT_APPROX_THRESHOLD, build_index
 from ._base import BaseDetector, PatchDetectorMixin
 
 __all__ = ["PatchCluster", "default_n_neighbors"]
@@ -57,12 +58,6 @@ def _sample_digests(X):
         h.update(np.ascontiguousarray(X[i]).data)
         out.append(h.digest())
     return out
-
-
-def _flatten_patches(X):
-    """(n, C, h, w) -> (n * h * w, C), patch p of image i at row i * h * w + p."""
-    n, c, h, w = X.shape
-    return np.ascontiguousarray(X.transpose(0, 2, 3, 1).reshape(n * h * w, c))
 
 
 class PatchCluster(PatchDetectorMixin, BaseDetector):
@@ -107,10 +102,12 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         implementation), capped at the number of eligible bank entries.
     projection_dim : int or None, default=128
         Random projection used to speed up the greedy coreset (None: no projection).
-    chunk_size : int or None, default=None
-        Queries per chunk of the exact nearest-neighbour search (None: derived from a
-        64 MiB working-memory budget).
-    device : {"auto", "cpu", "cuda"}, default="cpu"
+    nn_method : {"auto", "exact", "approx"}, default="auto"
+        Nearest-neighbour search over the bank: "exact" (chunked brute force),
+        "approx" (a pynndescent graph; exclusion by over-querying and filtering), or
+        "auto" ("approx" from 1,000,000 bank patches). ``nn_method_`` records the
+        search used (as :class:`~skad.detectors.PatchCore`).
+    device : {"auto", "cpu", "cuda"}, default="auto"
         Where the neighbour search and coreset run ("auto": CUDA when available).
     random_state : int, RandomState instance or None, default=None
         Seeds the coreset selection (the only stochastic step).
@@ -132,6 +129,8 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         image ``i`` is row ``i * h * w + p``).
     n_neighbors_ : int
         K actually used.
+    nn_method_ : {"exact", "approx"}
+        Nearest-neighbour search used.
     train_maps_ : ndarray of float32, shape (n_samples, h, w)
         Patch anomaly scores (eq. 2) of the training set, with the exclusion.
     train_scores_ : ndarray of shape (n_samples,)
@@ -230,7 +229,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         "reweight": [StrOptions({"mean", "nearest"}), None],
         "n_reweight_neighbors": [Interval(Integral, 1, None, closed="left")],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
-        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "nn_method": [StrOptions({"auto", "exact", "approx"})],
         "device": [StrOptions({"auto", "cpu", "cuda"})],
         "random_state": ["random_state"],
     }
@@ -244,8 +243,8 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         reweight="mean",
         n_reweight_neighbors=9,
         projection_dim=128,
-        chunk_size=None,
-        device="cpu",
+        nn_method="auto",
+        device="auto",
         random_state=None,
         contamination="auto",
         sigma=4.0,
@@ -256,7 +255,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         self.reweight = reweight
         self.n_reweight_neighbors = n_reweight_neighbors
         self.projection_dim = projection_dim
-        self.chunk_size = chunk_size
+        self.nn_method = nn_method
         self.device = device
         self.random_state = random_state
         self.contamination = contamination
@@ -266,12 +265,12 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
     def _fit(self, X):
         n, _, h, w = X.shape
         hw = h * w
-        patches = _flatten_patches(X)
+        patches = patch_rows(X)
         n_patches = patches.shape[0]
         ratio = 1.0 if self.coreset_ratio is None else float(self.coreset_ratio)
+        rng = check_random_state(self.random_state)
 
         if ratio < 1.0:
-            rng = check_random_state(self.random_state)
             n_select = max(1, int(round(ratio * n_patches)))
             selected = greedy_coreset(
                 patches,
@@ -285,8 +284,16 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
             selected = np.arange(n_patches, dtype=np.int64)
         self.bank_indices_ = selected
         self.memory_bank_ = patches[selected]
+        self._index = build_index(
+            self.memory_bank_,
+            method=self.nn_method,
+            approx_threshold=DEFAULT_APPROX_THRESHOLD,
+            random_state=rng.randint(np.iinfo(np.int32).max),
+            device=self.device,
+        )
+        self.nn_method_ = self._index.method_
 
-        # Exclusion groups (knn_search never returns a bank entry of the query's group).
+        # Exclusion groups (the search never returns a bank entry of the query's group).
         if self.exclude == "self":
             self._bank_groups = selected
             query_groups = np.arange(n_patches, dtype=np.int64)
@@ -350,24 +357,20 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
     def _score_patches(self, patches, n_images, shape, query_groups):
         """Image anomaly (n,) and patch maps (n, h, w) of flattened query patches."""
         hw = shape[0] * shape[1]
-        bank = self.memory_bank_
         bank_groups = self._bank_groups if query_groups is not None else None
         k = self.n_neighbors_
         maps = np.empty(n_images * hw, dtype=np.float32)
         nearest = np.empty(n_images * hw, dtype=np.int64)
         nearest_d = np.empty(n_images * hw, dtype=np.float32)
-        # Bound the (m, K) outputs: a few thousand query patches per knn_search call.
+        # Bound the (m, K) outputs: a few thousand query patches per search call.
         step = max(1, 16384 // hw) * hw
         for start in range(0, n_images * hw, step):
             stop = min(start + step, n_images * hw)
-            dist, idx = knn_search(
+            dist, idx = self._index.query(
                 patches[start:stop],
-                bank,
                 k,
                 query_groups=None if query_groups is None else query_groups[start:stop],
                 bank_groups=bank_groups,
-                chunk_size=self.chunk_size,
-                device=self.device,
             )
             maps[start:stop] = dist.mean(axis=1)  # a_{w,h}, eq. 2
             nearest[start:stop] = idx[:, 0]
@@ -392,14 +395,11 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
     def _reweight_factor(self, f_i_star, f_star_idx, d_nearest, a_star, groups):
         """``1 - exp(u) / sum_{f in N(f*)} exp(dist(f_i*, f))`` of eq. 3, per image."""
         bank = self.memory_bank_
-        _, nb_idx = knn_search(
+        _, nb_idx = self._index.query(
             bank[f_star_idx],
-            bank,
             self._n_reweight,
             query_groups=groups,  # N(f*) never holds the scored patch itself
             bank_groups=None if groups is None else self._bank_groups,
-            chunk_size=self.chunk_size,
-            device=self.device,
         )
         diff = bank[nb_idx].astype(np.float64) - f_i_star[:, None, :].astype(np.float64)
         d = np.sqrt(np.einsum("nbc,nbc->nb", diff, diff))  # dist(f_i*, f), f in N(f*)
@@ -422,7 +422,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         new = np.flatnonzero(~is_known)
         if new.size:
             a_new, m_new = self._score_patches(
-                _flatten_patches(X[new]), new.size, (h, w), None
+                patch_rows(X[new]), new.size, (h, w), None
             )
             anomaly[new] = a_new
             maps[new] = m_new

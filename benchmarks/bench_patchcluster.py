@@ -1,0 +1,368 @@
+"""PatchCluster (blind anomaly detection) vs PatchCore, SPADE, PaDiM and LOF on real data.
+
+Reproduces the comparisons of the PatchCluster paper on the shared data:
+
+- blind settings built from MVTec AD bottle with ``skad.datasets.blind_setting``:
+  Mix (train + test), Test (test only), Ano (defective test images only; no image
+  AUROC); every method is fitted on the set and scores the same set, no labels;
+- CrackForest (every image has a crack): blind, pixel metrics only;
+- the one-class setting (fit on train/good, score test);
+- the K sweep (paper Table 5) and the coreset sweep (Table 7) on one setting.
+
+Features: efficientnet_lite0, blocks 2+4 (strides 8 + 16, 40 + 112 = 152 channels),
+3x3 local pooling, ImageNet normalisation; bottle resized to 256 and centre-cropped to
+224 (28x28 patches); CrackForest resized from 320x480 to 224x336 (H x W, aspect kept,
+28x42 patches). Features are cached under ``benchmarks/.cache/``.
+
+Each stage appends JSON lines to ``benchmarks/results/patchcluster.jsonl``;
+``--report`` turns them into ``benchmarks/results/patchcluster.md``.
+
+Usage::
+
+    python benchmarks/bench_patchcluster.py --stages test ano
+    python benchmarks/bench_patchcluster.py --stages mix --max-images 100
+    python benchmarks/bench_patchcluster.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results"
+JSONL = RESULTS / "patchcluster.jsonl"
+DATA = Path(os.environ.get("SKAD_SHARED_DATA", REPO.parent / "shared" / "data"))
+BACKBONE = "efficientnet_lite0"
+CRACK_SIZE = (224, 336)  # CrackForest 320x480 -> 224x336 (H x W), aspect ratio kept
+SEED = 0
+
+
+# -- data and features ----------------------------------------------------------------
+def _extract(images, input_size, threads):
+    from skad.features import PatchFeatureExtractor
+
+    ext = PatchFeatureExtractor(
+        backbone=BACKBONE, input_size=input_size, device="cpu", batch_size=8, n_threads=threads
+    )
+    return ext.fit(images[:1]).transform(images)
+
+
+def bottle(threads):
+    """Bottle images / masks (256 -> 224) and cached features (train, test)."""
+    from skad.datasets import load_mvtec
+
+    data = load_mvtec(DATA / "mvtec_ad", "bottle", resize=256, crop=224)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for part in ("train", "test"):
+        path = CACHE / f"patchcluster_bottle_{part}_{BACKBONE}.npy"
+        if not path.exists():
+            np.save(path, _extract(data[f"{part}_images"], 224, threads))
+        out[part] = np.load(path)
+    data.train_features, data.test_features = out["train"], out["test"]
+    return data
+
+
+def crackforest(threads):
+    from skad.datasets import load_crackforest
+
+    data = load_crackforest(DATA / "crackforest", resize=CRACK_SIZE)
+    path = CACHE / f"patchcluster_crackforest_{BACKBONE}_{CRACK_SIZE[0]}x{CRACK_SIZE[1]}.npy"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        np.save(path, _extract(data.images, CRACK_SIZE, threads))
+    return np.load(path), np.asarray(data.labels), np.asarray(data.masks)
+
+
+def blind_features(data, setting):
+    """Features, labels and masks of a blind setting, in blind_setting's order."""
+    from skad.datasets import blind_setting
+
+    feats = data.test_features
+    if setting == "mix":
+        feats = np.concatenate([data.train_features, data.test_features])
+    elif setting == "ano":
+        feats = feats[np.asarray(data.test_labels) == 1]
+    _, labels, masks = blind_setting(data, setting)
+    return feats, np.asarray(labels), np.asarray(masks)
+
+
+def subsample(feats, labels, masks, max_images, seed=SEED):
+    """Stratified random subset of at most ``max_images`` images (proportions kept)."""
+    n = len(labels)
+    if max_images is None or max_images >= n:
+        return feats, labels, masks, None
+    rng = np.random.default_rng(seed)
+    keep = []
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        k = max(1, int(round(max_images * idx.size / n)))
+        keep.append(rng.choice(idx, size=min(k, idx.size), replace=False))
+    keep = np.sort(np.concatenate(keep))
+    return feats[keep], labels[keep], masks[keep], keep.tolist()
+
+
+# -- LOF baseline ----------------------------------------------------------------------
+def lof_blind_maps(X, n_neighbors=100):
+    """LOF of every patch among all patches of X (blind: the training patches themselves).
+
+    scikit-learn's ``LocalOutlierFactor(novelty=False)`` scores its training samples
+    through ``negative_outlier_factor_`` (it has no ``score_samples`` then, so
+    ``PatchOutlierDetector``, which calls ``score_samples``, cannot host it). The exact
+    k-NN graph comes from skad's chunked kernel (self excluded by group) and is handed
+    to LOF as a precomputed sparse graph, with each patch's self-distance 0 stored first
+    as scikit-learn expects of a training graph.
+    """
+    import scipy.sparse as sp
+    from sklearn.neighbors import LocalOutlierFactor
+
+    from skad._kernels import patch_rows
+    from skad._kernels.knn import knn_search
+
+    n, _, h, w = X.shape
+    rows = patch_rows(X)
+    m = rows.shape[0]
+    ids = np.arange(m)
+    dist, idx = knn_search(rows, rows, n_neighbors, query_groups=ids, bank_groups=ids)
+    data = np.concatenate([np.zeros((m, 1), np.float64), dist.astype(np.float64)], 1)
+    cols = np.concatenate([ids[:, None], idx], 1)
+    graph = sp.csr_matrix(
+        (data.ravel(), cols.ravel(), np.arange(0, m * (n_neighbors + 1) + 1, n_neighbors + 1)),
+        shape=(m, m),
+    )
+    lof = LocalOutlierFactor(n_neighbors=n_neighbors, metric="precomputed").fit(graph)
+    maps = (-lof.negative_outlier_factor_).astype(np.float32).reshape(n, h, w)
+    return maps.reshape(n, -1).max(1), maps
+
+
+# -- evaluation ------------------------------------------------------------------------
+def evaluate(scores, maps, labels, masks, sigma=4.0):
+    from skad._kernels.maps import gaussian_smooth, upsample_maps
+    from skad.metrics import image_auroc, pixel_auroc, pro_score
+
+    up = gaussian_smooth(upsample_maps(np.asarray(maps, np.float32), masks.shape[1:]), sigma)
+    out = {
+        "pixel_auroc": float(pixel_auroc(masks, up)),
+        "pro": float(pro_score(masks, up)),
+    }
+    if len(np.unique(labels)) == 2:
+        out["image_auroc"] = float(image_auroc(labels, scores))
+    return out
+
+
+def record(stage, setting, method, metrics, seconds, **extra):
+    row = {"stage": stage, "setting": setting, "method": method, **metrics,
+           "seconds": round(seconds, 1), **extra}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(JSONL, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def run_method(stage, setting, name, fn, labels, masks, **extra):
+    t0 = time.perf_counter()
+    scores, maps = fn()
+    seconds = time.perf_counter() - t0
+    record(stage, setting, name, evaluate(scores, maps, labels, masks), seconds, **extra)
+
+
+def pc(X, **params):
+    """PatchCluster fitted on X and scoring X (blind)."""
+    from skad.detectors.patchcluster import PatchCluster
+
+    det = PatchCluster(random_state=SEED, device="cpu", **params).fit(X)
+    return det.anomaly_score(X), det.anomaly_map(X)
+
+
+def blind_methods(stage, setting, X, labels, masks, methods, extra):
+    from skad.detectors import PaDiM, PatchCore, SPADE
+
+    if "pc100" in methods:
+        run_method(stage, setting, "PatchCluster-100% (K=100)", lambda: pc(X), labels, masks, **extra)
+    if "pc25" in methods:
+        run_method(stage, setting, "PatchCluster-25% (K=25)",
+                   lambda: pc(X, coreset_ratio=0.25), labels, masks, **extra)
+    if "patchcore" in methods:
+        t0 = time.perf_counter()
+        core = PatchCore(coreset_ratio=0.1, random_state=SEED, device="cpu").fit(X)
+        fit_s = time.perf_counter() - t0
+        for excl in (False, True):
+            # exclude_self only changes scoring (2nd nearest bank patch), not the fit
+            core.set_params(exclude_self=excl)
+            t1 = time.perf_counter()
+            s, m = core.anomaly_score(X), core.anomaly_map(X)
+            name = "PatchCore-10%" + (" exclude_self" if excl else "")
+            record(stage, setting, name, evaluate(s, m, labels, masks),
+                   fit_s + time.perf_counter() - t1, **extra)
+    if "spade" in methods:
+        def spade():
+            det = SPADE(exclude_self=True, device="cpu").fit(X)
+            return det.anomaly_score(X), det.anomaly_map(X)
+        run_method(stage, setting, "SPADE (own image excluded)", spade, labels, masks, **extra)
+    if "padim" in methods:
+        def padim():
+            det = PaDiM(random_state=SEED, device="cpu").fit(X)
+            return det.anomaly_score(X), det.anomaly_map(X)
+        run_method(stage, setting, "PaDiM", padim, labels, masks, **extra)
+    if "lof" in methods:
+        run_method(stage, setting, "LOF (full bank, 100 nn)", lambda: lof_blind_maps(X), labels,
+                   masks, **extra)
+
+
+ALL = ["pc100", "pc25", "patchcore", "spade", "padim", "lof"]
+
+
+def stage_blind(setting, args):
+    data = bottle(args.threads)
+    X, labels, masks = blind_features(data, setting)
+    X, labels, masks, keep = subsample(X, labels, masks, args.max_images)
+    extra = {"n_images": int(len(labels)), "n_anomalous": int(labels.sum())}
+    if keep is not None:
+        extra["subsample_seed"] = SEED
+    blind_methods(setting, setting, X, labels, masks, args.methods, extra)
+
+
+def stage_crackforest(args):
+    X, labels, masks = crackforest(args.threads)
+    X, labels, masks, keep = subsample(X, labels, masks, args.max_images)
+    extra = {"n_images": int(len(labels)), "n_anomalous": int(labels.sum())}
+    if keep is not None:
+        extra["subsample_seed"] = SEED
+    blind_methods("crackforest", "crackforest", X, labels, masks, args.methods, extra)
+
+
+def stage_oneclass(args):
+    from skad.detectors import PatchCore
+    from skad.detectors.patchcluster import PatchCluster
+
+    data = bottle(args.threads)
+    Xtr, Xte = data.train_features, data.test_features
+    labels, masks = np.asarray(data.test_labels), np.asarray(data.test_masks)
+    extra = {"n_train": len(Xtr), "n_images": len(Xte)}
+    for name, make in [
+        ("PatchCluster-25% (K=25)", lambda: PatchCluster(coreset_ratio=0.25, random_state=SEED,
+                                                         device="cpu")),
+        ("PatchCluster-10% (K=10)", lambda: PatchCluster(coreset_ratio=0.1, random_state=SEED,
+                                                         device="cpu")),
+        ("PatchCore-10%", lambda: PatchCore(coreset_ratio=0.1, random_state=SEED, device="cpu")),
+    ]:
+        if args.oneclass_methods and name.split()[0] not in args.oneclass_methods:
+            continue
+        def fn(make=make):
+            det = make().fit(Xtr)
+            return det.anomaly_score(Xte), det.anomaly_map(Xte)
+        run_method("oneclass", "one-class", name, fn, labels, masks, **extra)
+
+
+def stage_ksweep(args):
+    data = bottle(args.threads)
+    X, labels, masks = blind_features(data, args.sweep_setting)
+    extra = {"n_images": int(len(labels))}
+    for k in args.k_values:
+        run_method("ksweep", args.sweep_setting, f"PatchCluster-100% K={k}",
+                   lambda k=k: pc(X, n_neighbors=k), labels, masks, K=k, **extra)
+
+
+def stage_coreset_sweep(args):
+    data = bottle(args.threads)
+    X, labels, masks = blind_features(data, args.sweep_setting)
+    extra = {"n_images": int(len(labels))}
+    for r in args.ratios:
+        run_method("coreset_sweep", args.sweep_setting, f"PatchCluster-{int(r * 100)}%",
+                   lambda r=r: pc(X, coreset_ratio=r), labels, masks, ratio=r, **extra)
+
+
+# -- report ----------------------------------------------------------------------------
+def _fmt(v):
+    return "-" if v is None else f"{v:.3f}"
+
+
+def report(command_lines):
+    rows = [json.loads(line) for line in open(JSONL)]
+    # the last run of each (stage, setting, method) wins
+    last = {}
+    for r in rows:
+        last[(r["stage"], r["setting"], r["method"])] = r
+    lines = []
+    for stage in ["mix", "test", "ano", "crackforest", "oneclass", "ksweep", "coreset_sweep"]:
+        sel = [r for (s, _, _), r in last.items() if s == stage]
+        if not sel:
+            continue
+        r0 = sel[0]
+        n = r0.get("n_images")
+        head = f"### {stage} ({r0['setting']}, {n} images"
+        if "n_anomalous" in r0:
+            head += f", {r0['n_anomalous']} defective"
+        if "subsample_seed" in r0:
+            head += f", stratified random subsample, seed {r0['subsample_seed']}"
+        lines += [head + ")", "", "| method | image AUROC | pixel AUROC | PRO | seconds |",
+                  "|---|---|---|---|---|"]
+        for r in sel:
+            lines.append(f"| {r['method']} | {_fmt(r.get('image_auroc'))} | "
+                         f"{_fmt(r['pixel_auroc'])} | {_fmt(r['pro'])} | {r['seconds']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores, {cpu}, {platform.platform()}, load average {load:.1f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stages", nargs="*", default=[],
+                   choices=["mix", "test", "ano", "crackforest", "oneclass", "ksweep",
+                            "coreset_sweep"])
+    p.add_argument("--methods", nargs="*", default=ALL, choices=ALL)
+    p.add_argument("--oneclass-methods", nargs="*", default=None,
+                   choices=["PatchCluster-25%", "PatchCluster-10%", "PatchCore-10%"])
+    p.add_argument("--max-images", type=int, default=None,
+                   help="stratified random subset of the setting's images (seed 0)")
+    p.add_argument("--sweep-setting", default="ano", choices=["mix", "test", "ano"])
+    p.add_argument("--k-values", type=int, nargs="*", default=[1, 5, 25, 50, 100, 200])
+    p.add_argument("--ratios", type=float, nargs="*", default=[0.01, 0.1, 0.25])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}", flush=True)
+    print("# " + " ".join([sys.executable.split("/")[-1]] + sys.argv), flush=True)
+    for stage in args.stages:
+        if stage in ("mix", "test", "ano"):
+            stage_blind(stage, args)
+        elif stage == "crackforest":
+            stage_crackforest(args)
+        elif stage == "oneclass":
+            stage_oneclass(args)
+        elif stage == "ksweep":
+            stage_ksweep(args)
+        elif stage == "coreset_sweep":
+            stage_coreset_sweep(args)
+    if args.report:
+        print(report(None))
+
+
+if __name__ == "__main__":
+    main()
