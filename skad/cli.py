@@ -406,12 +406,15 @@ def _cmd_fit(args, out):
     extractor = PatchFeatureExtractor(
         backbone=args.backbone, input_size=args.input_size, verbose=not args.quiet
     )
-    model = make_pipeline(ResizeCrop(resize=args.resize, crop=args.crop), extractor, *steps)
+    if get_detector(name, specs).input == "images":  # holds its own extractor
+        model = make_pipeline(ResizeCrop(resize=args.resize, crop=args.crop), *steps)
+    else:
+        model = make_pipeline(ResizeCrop(resize=args.resize, crop=args.crop), extractor, *steps)
     t0 = time.perf_counter()
     model.fit([os.fspath(f) for f in files])
     fit_s = time.perf_counter() - t0
     # progress bars are for interactive runs; the saved model stays quiet when reloaded
-    model.set_params(patchfeatureextractor__verbose=False)
+    _quiet(model)
     joblib.dump(model, out_path)
     print(
         f"fitted {name} on {len(files)} images from {os.fspath(folder)} in {fit_s:.1f} s; "
@@ -419,6 +422,13 @@ def _cmd_fit(args, out):
         file=out,
     )
     return 0
+
+
+def _quiet(model):
+    """Switch off the progress bars of every step that has a ``verbose`` parameter."""
+    for _, step in model.steps:
+        if "verbose" in step.get_params(deep=False):
+            step.set_params(verbose=False)
 
 
 def _load_model(path):
@@ -478,9 +488,7 @@ def _cmd_predict(args, out):
     out_csv = Path(args.output)
     if not out_csv.parent.exists():
         raise UsageError(f"-o: folder of the scores file not found: {os.fspath(out_csv.parent)}")
-    for _, step in model.steps:
-        if hasattr(step, "verbose") and "verbose" in step.get_params(deep=False):
-            step.set_params(verbose=False)
+    _quiet(model)
 
     pre = model.steps[0][1] if isinstance(model.steps[0][1], ResizeCrop) else None
     rest = model[1:] if pre is not None else model

@@ -85,6 +85,10 @@ class DetectorSpec:
         One line for ``skad list`` and the report.
     defaults : dict
         The parameters the registry sets on top of the estimator's own defaults.
+    input : {"patches", "images"}
+        What the detector consumes: patch tensors from the shared feature extractor
+        (every :class:`~skad.detectors.PatchDetectorMixin` detector), or images (a
+        detector that holds its own extractor, e.g. one that fine-tunes it).
     """
 
     name: str
@@ -92,6 +96,7 @@ class DetectorSpec:
     pre: tuple = ()
     summary: str = ""
     defaults: dict = field(default_factory=dict)
+    input: str = "patches"
 
     @property
     def has_maps(self) -> bool:
@@ -158,6 +163,7 @@ def available_detectors():
     """
     from sklearn.neighbors import LocalOutlierFactor
 
+    from .detectors._base import PatchDetectorMixin
     from .features import GlobalPool
 
     specs = {}
@@ -166,7 +172,8 @@ def available_detectors():
         estimator = _patch_lof() if name == "patch_lof" else cls()
         estimator, applied = _with_defaults(estimator, _FAST_DEFAULTS.get(name, {}))
         summary = _SUMMARIES.get(name) or (inspect.getdoc(cls) or cls.__name__).splitlines()[0]
-        specs[name] = DetectorSpec(name, estimator, (), summary, applied)
+        kind = "patches" if issubclass(cls, PatchDetectorMixin) else "images"
+        specs[name] = DetectorSpec(name, estimator, (), summary, applied, kind)
     specs["lof"] = DetectorSpec(
         "lof",
         LocalOutlierFactor(novelty=True),
@@ -322,6 +329,9 @@ def make_detector_steps(name, *, params=None, random_state=None, blind=False, sp
 def make_model(name, extractor, *, params=None, random_state=None, blind=False, specs=None):
     """A full :class:`~skad.pipeline.AnomalyPipeline`: ``extractor`` then the detector.
 
+    A detector whose spec takes images (``input="images"``) holds its own extractor:
+    ``extractor`` is then not used.
+
     Parameters
     ----------
     name : str
@@ -349,4 +359,6 @@ def make_model(name, extractor, *, params=None, random_state=None, blind=False, 
     steps = make_detector_steps(
         name, params=params, random_state=random_state, blind=blind, specs=specs
     )
+    if get_detector(name, specs).input == "images":
+        return make_pipeline(*steps)
     return make_pipeline(extractor, *steps)
