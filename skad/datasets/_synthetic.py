@@ -152,17 +152,18 @@ def _blob_mask(rng, size, centre, radius, roughness=0.35):
     return rho + roughness * _noise(rng, (size, size), max(1.0, radius / 3)) * 0.4 < 1.0
 
 
-def _apply_defect(rng, img, support, kind, size, is_object, make_normal):
+def _apply_defect(rng, img, support, kind, size, is_object, make_background):
     """Return the defective image and its exact mask (the pixels that were changed)."""
     inside = np.argwhere(support if not is_object else ndimage.binary_erosion(support, iterations=2))
     centre = inside[rng.randint(len(inside))].astype(np.float64)
     out = img.copy()
     if kind == "scratch":
-        mask = _curve_mask(rng, size, centre, rng.uniform(0.15, 0.35) * size,
-                           2 + int(rng.uniform() < 0.5), 0.25) & support
-        delta = rng.choice([-1, 1]) * rng.uniform(0.08, 0.15)
+        width = 2 + int(rng.uniform() < 0.5) + (0 if is_object else 1)
+        mask = _curve_mask(rng, size, centre, rng.uniform(0.15, 0.35) * size, width, 0.25)
+        mask &= support
+        delta = rng.choice([-1, 1]) * rng.uniform(0.12, 0.2)
         if is_object:
-            out[mask] = out[mask] + 1.5 * delta
+            out[mask] = out[mask] + delta
         else:
             # the grain is scraped off: a smooth line at the surface's local brightness,
             # within the normal range of values, so only its structure gives it away
@@ -188,7 +189,7 @@ def _apply_defect(rng, img, support, kind, size, is_object, make_normal):
             r_idx = np.argwhere(support & ~ndimage.binary_erosion(support, iterations=3))
             c = r_idx[rng.randint(len(r_idx))].astype(np.float64)
             mask = _blob_mask(rng, size, c, rng.uniform(0.05, 0.09) * size) & support
-            background = make_normal()[0]  # same fixture, no part: use its background
+            background = make_background()[0]  # the same fixture without the part
             out[mask] = background[mask]
         else:
             # a hole through the material: a flat, shadowed backing replaces the grain
