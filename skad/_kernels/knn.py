@@ -1,8 +1,10 @@
 """Chunked exact k-nearest-neighbour search (Euclidean) with group exclusion.
 
-Distances come from matrix products, ``||q||^2 - 2 q.b + ||b||^2`` (clamped at 0,
-square-rooted at the end), computed chunk by chunk over the queries and, for large
-banks, over the bank too, so memory stays bounded whatever the sizes.
+Candidates are ranked with matrix products, ``||b||^2 - 2 q.b`` (``||q||^2`` does
+not change a row's order), computed chunk by chunk over the queries and, for large
+banks, over the bank too, so memory stays bounded whatever the sizes. The distances
+of the k selected neighbours are then recomputed directly as ``||q - b||`` (exact to
+float32 rounding, and independent of the chunking).
 """
 
 from __future__ import annotations
@@ -190,8 +192,8 @@ def knn_search(
     k = int(k)
 
     mq, mb = _chunk_sizes(m, n, k, chunk_size, bank_chunk_size, working_memory)
-    # ||b||^2 - 2 q.b in one GEMM: [q, 1] . [-2 b, ||b||^2]^T; ||q||^2 is added after the
-    # reduction (it does not change the order within a row).
+    # ||b||^2 - 2 q.b in one GEMM: [q, 1] . [-2 b, ||b||^2]^T; ||q||^2 is left out (it
+    # does not change the order within a row).
     b_aug = torch.cat([-2.0 * b, (b * b).sum(1, keepdim=True)], dim=1)
     out_d = torch.empty((m, k), dtype=torch.float32, device=dev)
     out_i = torch.empty((m, k), dtype=torch.int64, device=dev)
@@ -223,8 +225,15 @@ def knn_search(
                     else:
                         best_d, pos = torch.topk(cat_d, k, dim=1, largest=False, sorted=True)
                     best_i = torch.gather(cat_i, 1, pos)
-            qn = (qc * qc).sum(1, keepdim=True)
-            out_d[qs:qe] = (best_d + qn).clamp_min_(0.0).sqrt_()
+            # The GEMM form only ranks the candidates: the returned distances are
+            # recomputed directly, ||q - b||, which avoids its cancellation error and
+            # does not depend on how the queries were batched.
+            diff = qc[:, None, :] - b[best_i]
+            dist = diff.square_().sum(-1).sqrt_()
+            if k > 1:
+                dist, pos = torch.sort(dist, dim=1, stable=True)
+                best_i = torch.gather(best_i, 1, pos)
+            out_d[qs:qe] = dist
             out_i[qs:qe] = best_i
     if return_tensors:
         return out_d, out_i

@@ -1,5 +1,16 @@
 """Anomaly detectors: one module per method, all with the scikit-learn outlier API."""
 
 from ._base import BaseDetector, PatchDetectorMixin
+from .padim import PaDiM
+from .patch_outlier import PatchOutlierDetector
+from .patchcore import PatchCore
+from .spade import SPADE
 
-__all__ = ["BaseDetector", "PatchDetectorMixin"]
+__all__ = [
+    "BaseDetector",
+    "PaDiM",
+    "PatchCore",
+    "PatchDetectorMixin",
+    "PatchOutlierDetector",
+    "SPADE",
+]
