@@ -244,6 +244,14 @@ def test_load_mvtec_bottle_paths(mvtec_root):
     assert len(data.train_images) == 209 and data.test_masks.shape == (83, 512, 512)
 
 
+def test_load_folder_on_bottle_test_set(mvtec_root):
+    # MVTec's test/ is a load_folder layout; its masks live outside root (absolute mask_dir)
+    bottle = mvtec_root / "bottle"
+    data = load_folder(bottle / "test", mask_dir=bottle / "ground_truth", return_paths=True)
+    assert len(data.images) == 83 and int(data.labels.sum()) == 63
+    np.testing.assert_array_equal(data.masks.reshape(83, -1).any(axis=1), data.labels == 1)
+
+
 def test_load_elpv_real(shared_data):
     mono = load_elpv(shared_data / "elpv", cell_type="mono", return_paths=True)
     # 588 mono cells with probability 0, 56 + 313 with probability >= 2/3
