@@ -113,7 +113,7 @@ def test_torchvision_without_cached_weights_is_a_clear_error(tmp_path, monkeypat
             PatchFeatureExtractor(backbone).fit(_images(1, 32))
         msg = str(info.value)
         assert fname in msg and str(tmp_path) in msg and "weights=PATH" in msg
-    assert not os.path.exists(os.path.join(tmp_path, "hub", "checkpoints", "resnet18-f37072fd.pth"))
+    assert not (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
 
 
 # ------------------------------------------------------------- shapes and geometry
@@ -273,8 +273,10 @@ def test_paths_equal_arrays_and_grayscale(tmp_path, lite0_fitted):
         Image.fromarray(im).save(paths[-1])
     np.testing.assert_array_equal(ext.transform(paths), ext.transform(X))
     gray = X[..., 0]
-    np.testing.assert_array_equal(ext.transform(gray), ext.transform(np.repeat(gray[..., None], 3, -1)))
-    np.testing.assert_allclose(ext.transform(X.astype(np.float32) / 255), ext.transform(X), atol=1e-5)
+    rgb = np.repeat(gray[..., None], 3, -1)
+    np.testing.assert_array_equal(ext.transform(gray), ext.transform(rgb))
+    as_float = X.astype(np.float32) / 255
+    np.testing.assert_allclose(ext.transform(as_float), ext.transform(X), atol=1e-5)
 
 
 def test_paths_of_different_sizes_are_resized_one_by_one(tmp_path, lite0_fitted):
@@ -312,7 +314,8 @@ def test_pipeline_params_clone_and_fit():
     pipe.set_params(patchfeatureextractor__input_size=64, globalpool__method="meanmax")
     cloned = clone(pipe)
     assert cloned.get_params()["patchfeatureextractor__input_size"] == 64
-    assert cloned.named_steps["patchfeatureextractor"] is not pipe.named_steps["patchfeatureextractor"]
+    step = "patchfeatureextractor"
+    assert cloned.named_steps[step] is not pipe.named_steps[step]
     X = _images(8, 64)
     scores = cloned.fit(X).score_samples(X)
     assert scores.shape == (8,) and np.all(np.isfinite(scores))

@@ -219,7 +219,8 @@ def _load_state_file(path, *, name="weights"):
     if not os.path.isfile(path):
         raise ValueError(f"{name}: state-dict file not found: {path!r}")
     stat = os.stat(path)
-    load = _load_state_cached if stat.st_size <= _CACHE_MAX_BYTES else _load_state_cached.__wrapped__
+    cached = stat.st_size <= _CACHE_MAX_BYTES
+    load = _load_state_cached if cached else _load_state_cached.__wrapped__
     return load(os.path.abspath(path), stat.st_mtime_ns, stat.st_size, name)
 
 

@@ -190,10 +190,11 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
     Notes
     -----
     - Local pooling is applied to each layer's map before the maps are resized and
-      concatenated, as PatchCore does (Roth et al., 2022, eq. 2: aggregation over
-      ``N_p`` per layer, then upsampling of the coarser layer). It is an average with
-      ``count_include_pad=False``: border positions average their in-map neighbours
-      only. Even sizes are refused, since they would shift the map by half a patch.
+      concatenated, as PatchCore does (Roth et al., 2022, Sec. 3.1: aggregation
+      ``f_agg`` over the neighbourhood ``N_p`` per layer, then upsampling of the
+      coarser layer). It is an average with ``count_include_pad=False``: border
+      positions average their in-map neighbours only. Even sizes are refused, since
+      they would shift the map by half a patch.
     - The backbone is truncated with torch.fx, so stages after the last requested layer
       are neither held nor computed; modules fx cannot trace are run with hooks that
       stop the forward pass after the last requested layer.
@@ -203,6 +204,13 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
     - Pickles store ``module_``'s state dict on the CPU and rebuild the module on load,
       so a fitted (or fine-tuned) extractor reloads identically on a machine without a
       GPU, the torch hub cache or the weights file.
+
+    References
+    ----------
+    .. [1] K. Roth, L. Pemula, J. Zepeda, B. Schoelkopf, T. Brox, P. Gehler, "Towards
+       Total Recall in Industrial Anomaly Detection", CVPR 2022 (PatchCore).
+    .. [2] M. Tan, Q. V. Le, "EfficientNet: Rethinking Model Scaling for Convolutional
+       Neural Networks", ICML 2019; EfficientNet-Lite: TensorFlow TPU models, 2020.
 
     Examples
     --------

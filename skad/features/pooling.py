@@ -17,10 +17,10 @@ __all__ = ["GlobalPool", "local_average_pool"]
 def local_average_pool(features: torch.Tensor, size: int) -> torch.Tensor:
     """Average each patch feature over its ``size x size`` neighbourhood (stride 1).
 
-    PatchCore's local aggregation (Roth et al., 2022, eq. 2: the neighbourhood
-    ``N_p^(h,w)`` with ``p = size``) as an average: padding ``size // 2`` keeps the map
-    size, and border positions average only the neighbours inside the map
-    (``count_include_pad=False``), so borders are not pulled towards zero.
+    PatchCore's local aggregation (Roth et al., 2022, Sec. 3.1: ``f_agg`` over the
+    neighbourhood ``N_p^(h,w)`` with ``p = size``) as an average: padding ``size // 2``
+    keeps the map size, and border positions average only the neighbours inside the
+    map (``count_include_pad=False``), so borders are not pulled towards zero.
 
     Parameters
     ----------
