@@ -3,12 +3,14 @@
 from ._base import BaseDetector, PatchDetectorMixin
 from .padim import PaDiM
 from .patch_outlier import PatchOutlierDetector
+from .patchcluster import PatchCluster
 from .patchcore import PatchCore
 from .spade import SPADE
 
 __all__ = [
     "BaseDetector",
     "PaDiM",
+    "PatchCluster",
     "PatchCore",
     "PatchDetectorMixin",
     "PatchOutlierDetector",
