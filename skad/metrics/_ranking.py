@@ -139,8 +139,8 @@ def roc_curve(y_true, anomaly_scores):
     fpr, tpr : ndarray
         False and true positive rates, starting at (0, 0) and ending at (1, 1).
     thresholds : ndarray
-        Decreasing thresholds; point ``i`` counts scores ``>= thresholds[i - 1]``
-        (the first point, ``inf``, predicts nothing anomalous).
+        Decreasing thresholds: point ``i`` predicts anomalous the inputs scoring
+        ``>= thresholds[i]`` (the first, ``inf``, predicts nothing anomalous).
 
     Examples
     --------
