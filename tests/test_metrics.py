@@ -328,3 +328,13 @@ def test_float64_maps_not_exact_in_float32():
     assert pixel_auroc(masks, maps) == 1.0
     fpr, pro, thr = pro_curve(masks, maps)
     assert thr[1] == 1.0 + 1e-12 and pro.tolist() == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_scorers_pickle():
+    # GridSearchCV(n_jobs=...) sends scorers to worker processes
+    import pickle
+
+    X, masks = _bright_squares()
+    for scorer in (image_auroc_scorer, pro_scorer, make_anomaly_scorer(pro_score, level="pixel", max_fpr=0.1)):
+        clone = pickle.loads(pickle.dumps(scorer))
+        assert clone(_ByMax().fit(X), X, masks) == scorer(_ByMax().fit(X), X, masks)
