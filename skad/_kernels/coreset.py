@@ -170,7 +170,7 @@ def greedy_coreset(
         Zp = torch.cat([Z, torch.zeros((1, Z.shape[1]), dtype=Z.dtype, device=dev)])
         Xb = Zp[torch.where(valid, order, n)]  # (B, S, p)
         sq = (Xb * Xb).sum(-1)  # ||x||^2, (B, S)
-        cnt = valid.sum(1, keepdim=True).to(Z.dtype)
+        cnt = valid.sum(1, keepdim=True).clamp_min(1).to(Z.dtype)  # pad-only blocks: 1
         cent = (Xb * valid[..., None]).sum(1) / cnt  # z_b
         rad = ((Xb - cent[:, None]).norm(dim=-1) * valid).amax(1)  # r_b
         rad = rad * (1 + 1e-4) + 1e-6  # slack for float rounding in the bound
@@ -182,6 +182,8 @@ def greedy_coreset(
         flat_pos[order[valid]] = torch.nonzero(valid.reshape(-1)).reshape(-1)
         per_chunk = max(1, int(working_memory * 2**20 // (4 * S * max(Z.shape[1], 1) * 2)))
 
+        X_flat, sq_flat, mind_flat = Xb.view(-1, Xb.shape[-1]), sq.view(-1), mind.view(-1)
+        dense_above = n_blocks // 3
         selected = torch.empty(n_select, dtype=torch.int64, device=dev)
         pos = int(flat_pos[start])
         for it in range(n_select):
@@ -191,6 +193,12 @@ def greedy_coreset(
             cc = torch.dot(c, c)
             # blocks the new center c can affect: ||c - z_b|| - r_b < max mind in b
             active = torch.nonzero((cent - c).norm(dim=1) - rad < bmax).reshape(-1)
+            if active.numel() > dense_above:
+                # most blocks can change: one contiguous pass beats gathering them
+                d = torch.addmv(sq_flat, X_flat, c, alpha=-2.0).add_(cc).clamp_min_(0.0).sqrt_()
+                torch.minimum(mind_flat, d, out=mind_flat)
+                bmax = mind.amax(1)
+                active = active[:0]
             for a0 in range(0, active.numel(), per_chunk):
                 ab = active[a0 : a0 + per_chunk]
                 d = (sq[ab] - 2.0 * (Xb[ab] @ c) + cc).clamp_min_(0.0).sqrt_()
