@@ -1,0 +1,239 @@
+"""PatchCore, PaDiM, SPADE, PatchOutlierDetector: behaviour, errors, pipelines, pickling."""
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.ensemble import IsolationForest
+from sklearn.model_selection import GridSearchCV
+from sklearn.neighbors import LocalOutlierFactor
+
+from skad import make_pipeline
+from skad._kernels import patch_rows
+from skad._kernels.knn import knn_search
+from skad.detectors import SPADE, PaDiM, PatchCore, PatchOutlierDetector
+from skad.detectors.patchcore import reweighted_image_scores
+
+
+def _patch_data(n_train=16, n_test=6, c=5, h=5, w=5, seed=0):
+    """Smooth normals; odd test images get one patch shifted far (the defect)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(1, c, h, w))
+    X = (base + 0.3 * rng.normal(size=(n_train + n_test, c, h, w))).astype(np.float32)
+    X_train, X_test = X[:n_train], X[n_train:].copy()
+    masks = np.zeros((n_test, h, w), np.uint8)
+    for i in range(1, n_test, 2):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        X_test[i, :, y, x] += 6.0
+        masks[i, y, x] = 1
+    return X_train, X_test, masks
+
+
+DETECTORS = [
+    PatchCore(coreset_ratio=0.5, random_state=0, device="cpu"),
+    PatchCore(coreset_ratio=1.0, nn_method="exact", device="cpu"),
+    PaDiM(n_features=4, random_state=0, device="cpu"),
+    SPADE(n_neighbors=4, device="cpu"),
+    PatchOutlierDetector(LocalOutlierFactor(n_neighbors=15, novelty=True)),
+    PatchOutlierDetector(IsolationForest(random_state=0), random_state=0),
+]
+
+
+@pytest.mark.parametrize("det", DETECTORS, ids=lambda d: type(d).__name__)
+def test_detects_and_localises_shifted_patches(det):
+    X_train, X_test, masks = _patch_data()
+    det = clone(det).fit(X_train)
+    scores, maps = det.score_and_map(X_test)
+    labels = masks.reshape(len(masks), -1).max(1)
+    assert scores[labels == 1].min() > scores[labels == 0].max()
+    for i in np.flatnonzero(labels):
+        assert maps[i].argmax() == masks[i].argmax()
+    assert det.predict(X_test[labels == 1]).tolist() == [-1] * int(labels.sum())
+    assert maps.shape == (6, 5, 5) and maps.dtype == np.float32
+    up = det.anomaly_map(X_test, output_size=(20, 25))
+    assert up.shape == (6, 20, 25)
+    np.testing.assert_allclose(det.score_samples(X_test), -scores)
+
+
+def test_patchcore_scores_are_nearest_bank_distances():
+    X_train, X_test, _ = _patch_data()
+    det = PatchCore(coreset_ratio=0.3, random_state=1, device="cpu").fit(X_train)
+    rows = patch_rows(X_train)
+    np.testing.assert_array_equal(det.memory_bank_, rows[det.coreset_indices_])
+    assert len(det.memory_bank_) == int(0.3 * len(rows))
+    q = patch_rows(X_test)
+    D = np.sqrt(((q[:, None] - det.memory_bank_[None]) ** 2).sum(-1))
+    maps = det.anomaly_map(X_test)
+    np.testing.assert_allclose(maps.reshape(-1), D.min(1), rtol=1e-5, atol=1e-5)
+    # eq. 7 by hand for one image
+    i = 1
+    s = D.min(1).reshape(6, -1)[i]
+    j = s.argmax()
+    m_test = q.reshape(6, -1, 5)[i, j]
+    m_star = det.memory_bank_[D.reshape(6, 25, -1)[i, j].argmin()]
+    nb = np.argsort(np.linalg.norm(det.memory_bank_ - m_star, axis=1))[:9]
+    e = np.exp(np.linalg.norm(det.memory_bank_[nb] - m_test, axis=1))
+    expected = (1 - e[0] / e.sum()) * s[j]
+    np.testing.assert_allclose(det.anomaly_score(X_test)[i], expected, rtol=1e-4)
+
+
+def test_patchcore_coreset_reproducible():
+    X_train, _, _ = _patch_data()
+    a = PatchCore(coreset_ratio=0.2, random_state=3).fit(X_train)
+    b = PatchCore(coreset_ratio=0.2, random_state=3).fit(X_train)
+    np.testing.assert_array_equal(a.coreset_indices_, b.coreset_indices_)
+    c = PatchCore(coreset_ratio=0.2, random_state=4).fit(X_train)
+    assert not np.array_equal(a.coreset_indices_, c.coreset_indices_)
+    assert len(np.unique(a.coreset_indices_)) == len(a.coreset_indices_) == 80
+
+
+def test_patchcore_training_scores_exclude_own_image():
+    X_train, _, _ = _patch_data()
+    det = PatchCore(coreset_ratio=1.0).fit(X_train)
+    # against its own patches each training image would score 0
+    np.testing.assert_allclose(det.anomaly_map(X_train), 0, atol=1e-5)
+    assert np.all(det.train_scores_ < 0)
+    rows = patch_rows(X_train)
+    ids = np.repeat(np.arange(len(X_train)), 25)
+    d, _ = knn_search(rows, rows, 1, query_groups=ids, bank_groups=ids)
+    assert -det.train_scores_.max() <= d.max() + 1e-5
+    # blind use: exclude_self skips the patch itself
+    blind = PatchCore(coreset_ratio=1.0, exclude_self=True).fit(X_train)
+    assert blind.anomaly_map(X_train).min() > 0
+
+
+def test_patchcore_approx_method_records_choice():
+    X_train, X_test, _ = _patch_data()
+    det = PatchCore(coreset_ratio=1.0, approx_threshold=10_000).fit(X_train)
+    assert det.nn_method_ == "exact"
+
+
+def test_padim_matches_numpy_gaussians():
+    X_train, X_test, _ = _patch_data(n_train=30)
+    det = PaDiM(n_features=3, random_state=0).fit(X_train)
+    ch = det.channels_
+    assert len(ch) == 3 and len(np.unique(ch)) == 3
+    Xp = X_train[:, ch].reshape(30, 3, -1).transpose(0, 2, 1).astype(np.float64)
+    p = 7
+    mu = Xp[:, p].mean(0)
+    cov = np.cov(Xp[:, p].T) + 0.01 * np.eye(3)
+    x = X_test[2, ch].reshape(3, -1)[:, p]
+    expected = np.sqrt((x - mu) @ np.linalg.inv(cov) @ (x - mu))
+    np.testing.assert_allclose(det.anomaly_map(X_test)[2].reshape(-1)[p], expected, rtol=1e-4)
+    assert PaDiM(n_features=None).fit(X_train).channels_.tolist() == list(range(5))
+    assert PaDiM(n_features=50).fit(X_train).channels_.tolist() == list(range(5))
+    with pytest.raises(ValueError, match="spatial size"):
+        det.score_samples(X_test[:, :, :4, :4])
+
+
+def test_spade_image_and_pixel_levels():
+    X_train, X_test, _ = _patch_data()
+    det = SPADE(n_neighbors=3, n_pixel_neighbors=2).fit(X_train)
+    pooled = X_train.mean(axis=(2, 3))
+    qp = X_test.mean(axis=(2, 3))
+    D = np.linalg.norm(qp[:, None] - pooled[None], axis=2)
+    nbr = np.argsort(D, axis=1)[:, :3]
+    np.testing.assert_allclose(
+        det.anomaly_score(X_test), np.sort(D, axis=1)[:, :3].mean(1), rtol=1e-5
+    )
+    gallery = patch_rows(X_train[nbr[0]])
+    q = patch_rows(X_test[:1])
+    Dp = np.sort(np.linalg.norm(q[:, None] - gallery[None], axis=2), axis=1)[:, :2].mean(1)
+    np.testing.assert_allclose(det.anomaly_map(X_test[:1]).reshape(-1), Dp, rtol=1e-5)
+    assert SPADE(n_neighbors=100).fit(X_train).n_neighbors_ == len(X_train) - 1
+    blind = SPADE(n_neighbors=3, exclude_self=True).fit(X_train)
+    assert blind.anomaly_map(X_train).min() > 0
+
+
+def test_patch_outlier_subsampling_and_nested_params():
+    X_train, X_test, _ = _patch_data()
+    det = PatchOutlierDetector(
+        LocalOutlierFactor(novelty=True), max_patches=100, random_state=0
+    ).fit(X_train)
+    assert det.n_patches_fit_ == 100 and det.estimator_ is not det.estimator
+    expected = -det.estimator_.score_samples(patch_rows(X_test)).reshape(6, 5, 5)
+    np.testing.assert_allclose(det.anomaly_map(X_test), expected, rtol=1e-6)
+    np.testing.assert_allclose(det.anomaly_score(X_test), expected.max(axis=(1, 2)), rtol=1e-6)
+    det.set_params(image_score="mean").fit(X_train)
+    np.testing.assert_allclose(det.anomaly_score(X_test), expected.mean(axis=(1, 2)), rtol=1e-5)
+    pipe = make_pipeline(PatchOutlierDetector(LocalOutlierFactor(novelty=True)))
+    pipe.set_params(patchoutlierdetector__estimator__n_neighbors=7)
+    assert pipe.get_params()["patchoutlierdetector__estimator__n_neighbors"] == 7
+    pipe.fit(X_train)
+    assert pipe[-1].estimator_.n_neighbors == 7
+    with pytest.raises((TypeError, ValueError), match="estimator"):
+        PatchOutlierDetector(estimator="lof").fit(X_train)
+
+
+@pytest.mark.parametrize("det", DETECTORS[:4], ids=lambda d: type(d).__name__)
+def test_errors(det):
+    X_train, _, _ = _patch_data()
+    with pytest.raises(ValueError, match="PatchFeatureExtractor"):
+        clone(det).fit(np.zeros((4, 32, 32, 3), np.uint8))
+    fitted = clone(det).fit(X_train)
+    with pytest.raises(ValueError, match="5"):
+        fitted.score_samples(np.zeros((2, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="1 sample"):
+        clone(det).fit(X_train[:1])
+    bad = X_train.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="(?i)nan"):
+        clone(det).fit(bad)
+
+
+def test_parameter_errors():
+    X_train, _, _ = _patch_data()
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        PatchCore(coreset_ratio=0.0).fit(X_train)
+    with pytest.raises(ValueError, match="nn_method"):
+        PatchCore(nn_method="fast").fit(X_train)
+    with pytest.raises(ValueError, match="n_features"):
+        PaDiM(n_features=0).fit(X_train)
+    with pytest.raises(ValueError, match="n_pixel_neighbors=500"):
+        SPADE(n_neighbors=2, n_pixel_neighbors=500).fit(X_train).score_samples(X_train)
+    with pytest.raises(ValueError, match="image_score"):
+        PatchOutlierDetector(image_score="median").fit(X_train)
+
+
+# -- pipelines on images -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_images():
+    from skad.datasets import make_synthetic
+
+    data = make_synthetic(n_train=10, n_test=8, image_size=64, kind="object", random_state=0)
+    X = np.concatenate([data.train_images, data.test_images])
+    masks = np.concatenate([np.zeros((10, 64, 64), np.uint8), data.test_masks])
+    return X, masks
+
+
+def _pipe():
+    from skad.features import PatchFeatureExtractor
+
+    return make_pipeline(
+        PatchFeatureExtractor(input_size=64, device="cpu", n_threads=1, batch_size=8),
+        PatchCore(coreset_ratio=0.5, random_state=0, device="cpu"),
+    )
+
+
+def test_gridsearch_pipeline_and_pickle(tiny_images, tmp_path):
+    from skad.metrics import image_auroc_scorer, pixel_auroc_scorer
+    from skad.model_selection import OneClassSplit
+
+    X, masks = tiny_images
+    search = GridSearchCV(
+        _pipe(), {"patchcore__coreset_ratio": [0.1, 0.5]},
+        scoring={"image": image_auroc_scorer, "pixel": pixel_auroc_scorer},
+        refit="pixel", cv=OneClassSplit(n_splits=2, random_state=0), error_score="raise",
+    )
+    search.fit(X, masks)
+    assert set(search.best_params_) == {"patchcore__coreset_ratio"}
+    assert np.all(np.isfinite(search.cv_results_["mean_test_pixel"]))
+    best = search.best_estimator_
+    scores, maps = best.score_and_map(X[10:])
+    assert maps.shape == (8, 64, 64)
+    path = tmp_path / "pipe.joblib"
+    joblib.dump(best, path)
+    again = joblib.load(path)
+    s2, m2 = again.score_and_map(X[10:])
+    np.testing.assert_array_equal(scores, s2)
+    np.testing.assert_array_equal(maps, m2)
