@@ -257,15 +257,17 @@ def test_shift_aggregation_on_shifted_image_and_defect():
     moved = moved.astype(np.float32)
     kw = dict(modules="A", neighborhood_size=1, random_state=0)
     plain = NPad(max_shift=0, **kw).fit(X)
-    shifted_min = NPad(max_shift=1, shift_step=1.0, shift_aggregation="min", **kw).fit(X)
+    shifted_min = NPad(max_shift=1, shift_step=1.0, shift_aggregation="min",
+                       shift_directions="axes", **kw).fit(X)
     # one of the shifted passes re-aligns the image: the min map is low inside
     inner = (slice(None), slice(2, 6), slice(2, 6))
     assert shifted_min.anomaly_map(moved)[inner].mean() < 0.3 * plain.anomaly_map(moved)[inner].mean()
     # a defect stays where it is after shifting the maps back, for both aggregations
     defect = X[:1].copy()
     defect[0, :, 5, 2] += 6.0
-    for agg in ("mean", "min"):
-        det = NPad(max_shift=2, shift_step=1.0, shift_aggregation=agg, **kw).fit(X)
+    for agg, directions in [("mean", "diagonal"), ("min", "axes"), ("min", "diagonal")]:
+        det = NPad(max_shift=2, shift_step=1.0, shift_aggregation=agg,
+                   shift_directions=directions, **kw).fit(X)
         m = det.anomaly_map(defect)[0]
         assert np.unravel_index(np.argmax(m), m.shape) == (5, 2)
     mean_map = NPad(max_shift=2, shift_step=1.0, **kw).fit(X).anomaly_map(defect)
@@ -317,6 +319,7 @@ def test_determinism():
         ({"beta": 0.0}, "beta"),
         ({"neighborhood_size": 0}, "neighborhood_size"),
         ({"shift_aggregation": "max"}, "shift_aggregation"),
+        ({"shift_directions": "all"}, "shift_directions"),
         ({"channel_order": "random"}, "channel_order"),
         ({"centroid_ratio": 1.5}, "centroid_ratio"),
         ({"modules": ("C",)}, "modules"),
