@@ -46,6 +46,7 @@ def run(cmd, cwd):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detectors", default="patchcore")
+    parser.add_argument("--threads", default=None, help="torch threads for every command")
     parser.add_argument("--result", default=str(HERE / "results" / "cli_bottle_reproduce.md"))
     args = parser.parse_args()
     root = DATA / "mvtec_ad"
@@ -55,9 +56,10 @@ def main():
     skad = shutil.which("skad") or sys.exit("skad console command not installed")
     work = Path(tempfile.mkdtemp(prefix="skad-repro-"))
     names = [n.strip() for n in args.detectors.split(",")]
+    threads = ["--threads", args.threads] if args.threads else []
 
     bench_cmd = ["skad", "benchmark", "--data", str(root), "--category", "bottle",
-                 "--detectors", ",".join(names), "--out", "bench", "--quiet"]
+                 "--detectors", ",".join(names), "--out", "bench", "--quiet", *threads]
     t_bench = run([skad, *bench_cmd[1:]], work)
     bench = pd.read_csv(work / "bench" / "scores.csv")
     results = pd.read_csv(work / "bench" / "results.csv").set_index("detector")
@@ -65,9 +67,9 @@ def main():
     rows, cmds = [], [" ".join(bench_cmd)]
     for name in names:
         fit_cmd = ["skad", "fit", "--train", str(bottle), "--detector", name,
-                   "-o", f"{name}.joblib", "--quiet"]
+                   "-o", f"{name}.joblib", "--quiet", *threads]
         pred_cmd = ["skad", "predict", "--model", f"{name}.joblib", "--images",
-                    str(bottle / "test"), "--recursive", "-o", f"{name}_scores.csv", "--quiet"]
+                    str(bottle / "test"), "--recursive", "-o", f"{name}_scores.csv", "--quiet", *threads]
         t_fit = run([skad, *fit_cmd[1:]], work)
         t_pred = run([skad, *pred_cmd[1:]], work)
         cmds += [" ".join(fit_cmd), " ".join(pred_cmd)]
@@ -101,7 +103,8 @@ def main():
         "benchmark loads images with resize 256 + centre crop 224, the saved model applies the "
         "same geometry itself (`ResizeCrop` step) to the raw files",
         "- backbone: efficientnet_lite0 at 224 px (default), registry defaults, seed 0",
-        f"- script: `python benchmarks/cli_bottle_reproduce.py --detectors {args.detectors}` "
+        f"- script: `python benchmarks/cli_bottle_reproduce.py --detectors {args.detectors}"
+        f"{' --threads ' + args.threads if args.threads else ''}` "
         f"(benchmark command took {t_bench:.0f} s)",
         "",
         "Commands (run in an empty folder):",

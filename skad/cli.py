@@ -318,7 +318,7 @@ def _cmd_list(args, out):
     for name, spec in specs.items():
         defaults = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items())
         extra = f"  [{defaults}]" if defaults else ""
-        maps = "" if spec.has_maps else " (image level)"
+        maps = "" if spec.has_maps or "image level" in spec.summary else " (image level)"
         print(f"{name:<{width}}  {spec.summary}{maps}{extra}", file=out)
     return 0
 
