@@ -1,6 +1,7 @@
 """Anomaly detectors: one module per method, all with the scikit-learn outlier API."""
 
 from ._base import BaseDetector, PatchDetectorMixin
+from .npad import NPad
 from .padim import PaDiM
 from .patch_outlier import PatchOutlierDetector
 from .patchcluster import PatchCluster
@@ -9,6 +10,7 @@ from .spade import SPADE
 
 __all__ = [
     "BaseDetector",
+    "NPad",
     "PaDiM",
     "PatchCluster",
     "PatchCore",
