@@ -391,25 +391,26 @@ def _cmd_fit(args, out):
     import joblib
 
     from .features import PatchFeatureExtractor
+    from .pipeline import AnomalyPipeline
     from .preprocessing import ResizeCrop
-    from .registry import available_detectors, get_detector, make_detector_steps
-    from .pipeline import make_pipeline
+    from .registry import available_detectors, get_detector, make_model
 
     specs = available_detectors()
     name = get_detector(args.detector, specs).name
-    params = _parse_params(args.param, scoped=False)
-    steps = make_detector_steps(name, params=params, random_state=args.seed, specs=specs)
-    files, folder = _training_files(args.train)
-    out_path = Path(args.output)
-    if out_path.parent and not out_path.parent.exists():
-        raise UsageError(f"-o: folder of the model file not found: {os.fspath(out_path.parent)}")
     extractor = PatchFeatureExtractor(
         backbone=args.backbone, input_size=args.input_size, verbose=not args.quiet
     )
-    if get_detector(name, specs).input == "images":  # holds its own extractor
-        model = make_pipeline(ResizeCrop(resize=args.resize, crop=args.crop), *steps)
-    else:
-        model = make_pipeline(ResizeCrop(resize=args.resize, crop=args.crop), extractor, *steps)
+    # checks the detector's parameter names before any image is read
+    core = make_model(name, extractor, params=_parse_params(args.param, scoped=False),
+                      random_state=args.seed, specs=specs)
+    files, folder = _training_files(args.train)
+    out_path = Path(args.output)
+    if not out_path.parent.exists():
+        raise UsageError(f"-o: folder of the model file not found: {os.fspath(out_path.parent)}")
+    # the loaders' geometry goes inside the model, so predict needs nothing else
+    model = AnomalyPipeline(
+        [("resizecrop", ResizeCrop(resize=args.resize, crop=args.crop)), *core.steps]
+    )
     t0 = time.perf_counter()
     model.fit([os.fspath(f) for f in files])
     fit_s = time.perf_counter() - t0
