@@ -184,14 +184,63 @@ def pc(X, **params):
     return det.anomaly_score(X), det.anomaly_map(X)
 
 
+def pc_readings(X, **params):
+    """Blind PatchCluster with the three image scores of eq. 3 from ONE fit.
+
+    The patch maps do not depend on ``reweight``; the image score of each reading is
+    recomputed from the fitted model for the arg-max patch of each image only (its
+    excluded nearest neighbour and N(f*)), which is what ``fit`` computes for the
+    chosen ``reweight`` (checked: the fitted reading is reproduced exactly).
+    """
+    from skad._kernels import patch_rows
+    from skad.detectors.patchcluster import PatchCluster
+
+    det = PatchCluster(random_state=SEED, device="cpu", **params).fit(X)
+    maps = det.anomaly_map(X)
+    n, _, h, w = X.shape
+    hw = h * w
+    flat = maps.reshape(n, hw)
+    star = flat.argmax(1)
+    a_star = flat[np.arange(n), star].astype(np.float64)
+    rows = np.arange(n) * hw + star
+    feats = patch_rows(X)[rows]
+    groups = rows if det.exclude == "self" else rows // hw
+    d1, i1 = det._index.query(feats, 1, query_groups=groups, bank_groups=det._bank_groups)
+    out = {"max patch (no reweight)": a_star}
+    for reading, label in (("mean", "eq. 3 as printed"), ("nearest", "PatchCore weight")):
+        det.reweight = reading
+        out[label] = a_star * det._reweight_factor(
+            feats, i1[:, 0], d1[:, 0].astype(np.float64), a_star, groups)
+    det.reweight = params.get("reweight", "mean")
+    fitted = {"mean": "eq. 3 as printed", "nearest": "PatchCore weight",
+              None: "max patch (no reweight)"}[det.reweight]
+    np.testing.assert_allclose(out[fitted], det.anomaly_score(X), rtol=1e-5)
+    return out, maps
+
+
+def run_pc(stage, setting, name, X, labels, masks, extra, **params):
+    t0 = time.perf_counter()
+    scores, maps = pc_readings(X, **params)
+    seconds = time.perf_counter() - t0
+    pix = evaluate(np.zeros(len(labels)), maps, labels, masks)
+    np.save(CACHE / f"patchcluster_maps_{stage}_{name.split()[0]}.npy", maps)
+    for label, s in scores.items():
+        row = dict(pix)
+        if "image_auroc" in row:
+            from skad.metrics import image_auroc
+
+            row["image_auroc"] = float(image_auroc(labels, s))
+        record(stage, setting, f"{name} [{label}]", row, seconds, **extra)
+
+
 def blind_methods(stage, setting, X, labels, masks, methods, extra):
     from skad.detectors import PaDiM, PatchCore, SPADE
 
     if "pc100" in methods:
-        run_method(stage, setting, "PatchCluster-100% (K=100)", lambda: pc(X), labels, masks, **extra)
+        run_pc(stage, setting, "PatchCluster-100% (K=100)", X, labels, masks, extra)
     if "pc25" in methods:
-        run_method(stage, setting, "PatchCluster-25% (K=25)",
-                   lambda: pc(X, coreset_ratio=0.25), labels, masks, **extra)
+        run_pc(stage, setting, "PatchCluster-25% (K=25)", X, labels, masks, extra,
+               coreset_ratio=0.25)
     if "patchcore" in methods:
         t0 = time.perf_counter()
         core = PatchCore(coreset_ratio=0.1, random_state=SEED, device="cpu").fit(X)
@@ -249,15 +298,13 @@ def stage_oneclass(args):
     Xtr, Xte = data.train_features, data.test_features
     labels, masks = np.asarray(data.test_labels), np.asarray(data.test_masks)
     extra = {"n_train": len(Xtr), "n_images": len(Xte)}
+    r = args.oneclass_ratio
+    pct = f"{r * 100:g}%"
     for name, make in [
-        ("PatchCluster-25% (K=25)", lambda: PatchCluster(coreset_ratio=0.25, random_state=SEED,
-                                                         device="cpu")),
-        ("PatchCluster-10% (K=10)", lambda: PatchCluster(coreset_ratio=0.1, random_state=SEED,
-                                                         device="cpu")),
-        ("PatchCore-10%", lambda: PatchCore(coreset_ratio=0.1, random_state=SEED, device="cpu")),
+        (f"PatchCluster-{pct}", lambda: PatchCluster(coreset_ratio=r, random_state=SEED,
+                                                     device="cpu")),
+        (f"PatchCore-{pct}", lambda: PatchCore(coreset_ratio=r, random_state=SEED, device="cpu")),
     ]:
-        if args.oneclass_methods and name.split()[0] not in args.oneclass_methods:
-            continue
         def fn(make=make):
             det = make().fit(Xtr)
             return det.anomaly_score(Xte), det.anomaly_map(Xte)
@@ -352,8 +399,8 @@ def main(argv=None):
                    choices=["mix", "test", "ano", "crackforest", "oneclass", "ksweep",
                             "coreset_sweep"])
     p.add_argument("--methods", nargs="*", default=ALL, choices=ALL)
-    p.add_argument("--oneclass-methods", nargs="*", default=None,
-                   choices=["PatchCluster-25%", "PatchCluster-10%", "PatchCore-10%"])
+    p.add_argument("--oneclass-ratio", type=float, default=0.25,
+                   help="coreset ratio of both PatchCluster and PatchCore in the one-class stage")
     p.add_argument("--max-images", type=int, default=None,
                    help="stratified random subset of the setting's images (seed 0)")
     p.add_argument("--sweep-setting", default="ano", choices=["mix", "test", "ano"])
