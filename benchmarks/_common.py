@@ -1,0 +1,233 @@
+"""Shared helpers of the benchmark scripts: data, cached features, evaluation, reports.
+
+Stable API (other benchmark scripts import it):
+
+- ``bottle_data(resize=256, crop=224)`` -> Bunch of MVTec AD bottle (cached load);
+- ``cached_features(images, key, **extractor_params)`` -> (n, C, h, w) float32, cached
+  as ``benchmarks/.cache/<key>_<params hash>.npy``;
+- ``backbone_speed(images, n_images=32, **extractor_params)`` -> images/s of the
+  extractor's forward pass (the floor of any feature-based detector);
+- ``evaluate(detector, train_feats, test_feats, test_labels, test_masks, ...)`` -> dict
+  of image AUROC, pixel AUROC, PRO, pixel AP, fit s, predict images/s;
+- ``evaluate_in_subprocess(...)``: the same in a fresh process, adding its peak RSS;
+- ``machine()``, ``write_results(name, rows, command, notes=...)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results"
+DATA = Path(os.environ.get("SKAD_SHARED_DATA", REPO.parent / "shared" / "data"))
+BACKBONE = "efficientnet_lite0"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# skad.detectors before skad.features: with NPad exported, importing skad.features
+# first hits a circular import (features.pooling -> detectors -> npad -> features.pooling)
+import skad.detectors  # noqa: E402,F401
+
+
+def bottle_data(resize=256, crop=224, category="bottle"):
+    """MVTec AD ``category`` (default bottle) at ``resize`` -> centre ``crop``; cached .npz."""
+    from sklearn.utils import Bunch
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"mvtec_{category}_{resize}_{crop}.npz"
+    if not path.exists():
+        from skad.datasets import load_mvtec
+
+        d = load_mvtec(DATA / "mvtec_ad", category, resize=resize, crop=crop)
+        np.savez(path, train_images=d.train_images, test_images=d.test_images,
+                 test_labels=d.test_labels, test_masks=d.test_masks)
+    z = np.load(path)
+    return Bunch(**{k: z[k] for k in z.files}, category=category)
+
+
+def _params_key(params):
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def _extractor(**params):
+    from skad.features import PatchFeatureExtractor
+
+    params = {"backbone": BACKBONE, "device": "cpu", "batch_size": 16, **params}
+    return PatchFeatureExtractor(**params)
+
+
+def cached_features(images, key, **extractor_params):
+    """Patch features of ``images`` (n, C, h, w) float32, cached under benchmarks/.cache/.
+
+    ``key`` names the image set (e.g. "bottle_train"); the extractor parameters are
+    hashed into the file name, so different settings never share a cache file.
+    """
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{key}_{_params_key(extractor_params)}.npy"
+    if not path.exists():
+        ext = _extractor(**extractor_params)
+        np.save(path, ext.fit(images[:1]).transform(images))
+    return np.load(path)
+
+
+def backbone_speed(images, n_images=32, repeats=2, **extractor_params):
+    """Forward images/s of the extractor (best of ``repeats`` over ``n_images`` images)."""
+    ext = _extractor(**extractor_params).fit(images[:1])
+    ext.transform(images[:2])  # warm-up
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        ext.transform(images[:n_images])
+        best = min(best, time.perf_counter() - t)
+    return n_images / best
+
+
+def evaluate(detector, train_feats, test_feats, test_labels, test_masks, *,
+             n_images_for_speed=None, repeats=2):
+    """Fit on ``train_feats``, score ``test_feats``; accuracy and timings.
+
+    Predict time covers ``score_and_map`` with upsampling to the mask size and the
+    detector's Gaussian smoothing (everything after the backbone), best of
+    ``repeats`` runs over ``n_images_for_speed`` test images (default: all).
+    """
+    from skad.metrics import image_auroc, pixel_ap, pixel_auroc, pro_score
+
+    t = time.perf_counter()
+    detector.fit(train_feats)
+    fit_s = time.perf_counter() - t
+    out_size = test_masks.shape[1:]
+    scores, maps = detector.score_and_map(test_feats, output_size=out_size)
+    n = len(test_feats) if n_images_for_speed is None else int(n_images_for_speed)
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        detector.score_and_map(test_feats[:n], output_size=out_size)
+        best = min(best, time.perf_counter() - t)
+    return {
+        "image_auroc": float(image_auroc(test_labels, scores)),
+        "pixel_auroc": float(pixel_auroc(test_masks, maps)),
+        "pro": float(pro_score(test_masks, maps)),
+        "pixel_ap": float(pixel_ap(test_masks, maps)),
+        "fit_s": fit_s,
+        "predict_ips": n / best,
+    }
+
+
+def _child(conn, make_detector, feats_paths, labels_masks_path, n_threads, kwargs):
+    import resource
+
+    import torch
+
+    torch.set_num_threads(n_threads)
+    train, test = (np.load(p) for p in feats_paths)
+    z = np.load(labels_masks_path)
+    try:
+        res = evaluate(make_detector(), train, test, z["labels"], z["masks"], **kwargs)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send(res)
+    except Exception as exc:  # report the failure to the parent
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    conn.close()
+
+
+def evaluate_in_subprocess(make_detector, train_feats, test_feats, test_labels, test_masks,
+                           *, n_threads=2, **kwargs):
+    """:func:`evaluate` in a fresh spawned process; adds ``peak_rss_mb`` (its ru_maxrss).
+
+    The peak includes the interpreter, torch and the features the child loads
+    (train + test arrays), so it is an upper bound of the detector's own memory.
+    ``make_detector`` must be picklable (a module-level function or a partial).
+    """
+    import multiprocessing as mp
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, arr in (("train", train_feats), ("test", test_feats)):
+        key = hashlib.sha1(np.ascontiguousarray(arr[:2]).tobytes()).hexdigest()[:10]
+        p = CACHE / f"_eval_{name}_{arr.shape[0]}_{arr.shape[1]}_{key}.npy"
+        if not p.exists():
+            np.save(p, arr)
+        paths.append(p)
+    lm = CACHE / f"_eval_labels_masks_{len(test_labels)}.npz"
+    np.savez(lm, labels=test_labels, masks=test_masks)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, make_detector, paths, lm, n_threads, kwargs))
+    proc.start()
+    res = parent.recv()
+    proc.join()
+    if "error" in res:
+        raise RuntimeError(res["error"])
+    return res
+
+
+def _sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def machine():
+    """Cores, CPU model, load (``uptime``), torch / numpy versions."""
+    import torch
+
+    cpu = _sh("lscpu | grep 'Model name' | sed 's/.*: *//'") or platform.processor()
+    return {
+        "nproc": _sh("nproc"),
+        "cpu": cpu,
+        "uptime": _sh("uptime"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def write_results(name, rows, command, *, notes="", backbone=None, data="MVTec AD bottle"):
+    """Write ``benchmarks/results/<name>.md`` (table of ``rows``) and ``<name>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    m = machine()
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    lines = [
+        f"# {name}",
+        "",
+        f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- machine: {m['nproc']} cores, {m['cpu']}; load at write time: `{m['uptime']}`",
+        f"- software: python {m['python']}, torch {m['torch']}, numpy {m['numpy']}",
+        f"- backbone: {backbone or BACKBONE}",
+        f"- data: {data}",
+        f"- command: `{command}`",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    if notes:
+        lines += ["", notes.strip(), ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": m, "command": command,
+                                                      "rows": rows}, indent=1, default=str))
