@@ -162,7 +162,7 @@ def knn_search(
     >>> from skad._kernels.knn import knn_search
     >>> bank = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
     >>> d, i = knn_search(np.array([[0.9, 0.0]]), bank, k=2)
-    >>> i.tolist(), np.round(d, 3).tolist()
+    >>> i.tolist(), np.round(d.astype(float), 3).tolist()
     ([[1, 0]], [[0.1, 0.9]])
     >>> d, i = knn_search(bank, bank, k=1, query_groups=np.arange(3), bank_groups=np.arange(3))
     >>> i.ravel().tolist()          # itself excluded

@@ -49,7 +49,7 @@ def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_ne
     >>> bank = np.array([[0.0], [1.0], [10.0]], np.float32)
     >>> feats = np.array([[[0.0], [3.0]]], np.float32)
     >>> s = reweighted_image_scores(np.array([[0.0, 2.0]]), feats, np.array([[0, 1]]), bank, 2)
-    >>> np.round(s, 4).tolist()      # 2 * (1 - e^2 / (e^2 + e^3))
+    >>> np.round(s.astype(float), 4).tolist()      # 2 * (1 - e^2 / (e^2 + e^3))
     [1.4621]
     """
     n = patch_scores.shape[0]
