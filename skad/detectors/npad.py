@@ -637,7 +637,11 @@ class NPad(PatchDetectorMixin, BaseDetector):
             n_init=1,
             batch_size=int(self.kmeans_batch_size),
             max_iter=int(self.kmeans_max_iter),
-            compute_labels=False,  # only the centres are kept
+            # only the centres are kept; the final labelling pass is skipped except
+            # for data within one batch (cheap there, and scikit-learn's one-step fit
+            # without labels fails on its inertia)
+            compute_labels=bank.shape[0] * int(self.kmeans_max_iter)
+            <= int(self.kmeans_batch_size),
             random_state=rng,
         )
         km.fit(bank)
@@ -690,13 +694,15 @@ class NPad(PatchDetectorMixin, BaseDetector):
         size = int(self.score_neighborhood) if "C" in self.modules_ else 1
         offsets = window_offsets(size)
         idx, valid = _neighbour_index(h, w, offsets)
+        # distribution at q = p + offset scores the feature at p (eqs. 8-9): gather
+        # x_{q - offset} to position q, score against q, map back to p. All offsets go
+        # through one Mahalanobis call (one pass over the factors).
+        src = _neighbour_index(h, w, [(-dy, -dx) for dy, dx in offsets])[0]
+        gathered = torch.cat([feats[:, src[k]] for k in range(len(offsets))])
+        dist_q = _maha(gathered, self.means_a_, self.chol_a_).reshape(len(offsets), n, -1)
         best = torch.full((n, h * w), float("inf"))
-        for k, (dy, dx) in enumerate(offsets):
-            # distribution at q = p + offset scores the feature at p (eqs. 8-9):
-            # gather x_{q - offset} to position q, score against q, map back to p.
-            src = _neighbour_index(h, w, [(-dy, -dx)])[0][0]
-            dist_q = _maha(feats[:, src], self.means_a_, self.chol_a_)
-            dist_p = dist_q[:, idx[k]]
+        for k in range(len(offsets)):
+            dist_p = dist_q[k][:, idx[k]]
             dist_p[:, ~valid[k]] = float("inf")
             best = torch.minimum(best, dist_p)
         return best.reshape(n, h, w)
