@@ -207,11 +207,12 @@ def pc_readings(X, **params):
     groups = rows if det.exclude == "self" else rows // hw
     d1, i1 = det._index.query(feats, 1, query_groups=groups, bank_groups=det._bank_groups)
     out = {"max patch (no reweight)": a_star}
+    fitted_reading = det.reweight
     for reading, label in (("mean", "eq. 3 as printed"), ("nearest", "PatchCore weight")):
         det.reweight = reading
         out[label] = a_star * det._reweight_factor(
             feats, i1[:, 0], d1[:, 0].astype(np.float64), a_star, groups)
-    det.reweight = params.get("reweight", "mean")
+    det.reweight = fitted_reading
     fitted = {"mean": "eq. 3 as printed", "nearest": "PatchCore weight",
               None: "max patch (no reweight)"}[det.reweight]
     np.testing.assert_allclose(out[fitted], det.anomaly_score(X), rtol=1e-5)

@@ -187,7 +187,7 @@ def test_rejects_images():
         PatchCluster().fit(images)
 
 
-@parametrize_with_checks([PatchCluster(), PatchCluster(exclude="image", reweight="nearest")])
+@parametrize_with_checks([PatchCluster(), PatchCluster(exclude="image", reweight="mean")])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
