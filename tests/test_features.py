@@ -355,6 +355,16 @@ def test_global_pool_sklearn_checks(estimator, check):
     check(estimator)
 
 
+def test_import_order_has_no_cycle():
+    import subprocess
+    import sys
+
+    for first, second in [("skad.features", "skad.detectors"), ("skad.detectors", "skad.features")]:
+        code = f"import {first}, {second}; {second}.__name__"
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-500:]
+
+
 def test_global_pool():
     X = np.random.default_rng(0).normal(size=(4, 5, 3, 2)).astype(np.float32)
     np.testing.assert_allclose(GlobalPool().fit_transform(X), X.mean(axis=(2, 3)), rtol=1e-6)

@@ -9,7 +9,6 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..detectors._base import PatchDetectorMixin
 
 __all__ = ["GlobalPool", "local_average_pool"]
 
@@ -99,9 +98,14 @@ class GlobalPool(TransformerMixin, BaseEstimator):
         self._validate_input(X, reset=True)
         return self
 
-    # the patch detectors' validation: (n, C, h, w), or (n, d) as 1x1 maps
-    _validate_input = PatchDetectorMixin._validate_input
     _requires_same_patch_shape = False
+
+    def _validate_input(self, X, reset):
+        # the patch detectors' validation: (n, C, h, w), or (n, d) as 1x1 maps. Imported
+        # here: skad.detectors imports this module (NPad uses local_average_pool).
+        from ..detectors._base import PatchDetectorMixin
+
+        return PatchDetectorMixin._validate_input(self, X, reset)
 
     def transform(self, X):
         """Pool each channel over the spatial positions.
