@@ -47,6 +47,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detectors", default="patchcore")
     parser.add_argument("--threads", default=None, help="torch threads for every command")
+    parser.add_argument("--bench-dir", default=None,
+                        help="reuse the output folder of an earlier run of step 1")
     parser.add_argument("--result", default=str(HERE / "results" / "cli_bottle_reproduce.md"))
     args = parser.parse_args()
     root = DATA / "mvtec_ad"
@@ -60,9 +62,13 @@ def main():
 
     bench_cmd = ["skad", "benchmark", "--data", str(root), "--category", "bottle",
                  "--detectors", ",".join(names), "--out", "bench", "--quiet", *threads]
-    t_bench = run([skad, *bench_cmd[1:]], work)
-    bench = pd.read_csv(work / "bench" / "scores.csv")
-    results = pd.read_csv(work / "bench" / "results.csv").set_index("detector")
+    if args.bench_dir:
+        bench_dir, t_bench = Path(args.bench_dir), float("nan")
+    else:
+        t_bench = run([skad, *bench_cmd[1:]], work)
+        bench_dir = work / "bench"
+    bench = pd.read_csv(bench_dir / "scores.csv")
+    results = pd.read_csv(bench_dir / "results.csv").set_index("detector")
 
     rows, cmds = [], [" ".join(bench_cmd)]
     for name in names:
