@@ -127,9 +127,20 @@ def evaluate(detector, train_feats, test_feats, test_labels, test_masks, *,
     }
 
 
-def _child(conn, make_detector, feats_paths, labels_masks_path, n_threads, kwargs):
-    import resource
+def _peak_rss_mb():
+    """This process's peak resident set (VmHWM of /proc/self/status), in MB.
 
+    (``getrusage``'s ru_maxrss is not used: on Linux a spawned child can report the
+    parent's high-water mark.)
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _child(conn, make_detector, feats_paths, labels_masks_path, n_threads, kwargs):
     import torch
 
     torch.set_num_threads(n_threads)
@@ -137,7 +148,7 @@ def _child(conn, make_detector, feats_paths, labels_masks_path, n_threads, kwarg
     z = np.load(labels_masks_path)
     try:
         res = evaluate(make_detector(), train, test, z["labels"], z["masks"], **kwargs)
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_rss_mb"] = _peak_rss_mb()
         conn.send(res)
     except Exception as exc:  # report the failure to the parent
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
@@ -146,7 +157,7 @@ def _child(conn, make_detector, feats_paths, labels_masks_path, n_threads, kwarg
 
 def evaluate_in_subprocess(make_detector, train_feats, test_feats, test_labels, test_masks,
                            *, n_threads=2, **kwargs):
-    """:func:`evaluate` in a fresh spawned process; adds ``peak_rss_mb`` (its ru_maxrss).
+    """:func:`evaluate` in a fresh spawned process; adds ``peak_rss_mb`` (its VmHWM).
 
     The peak includes the interpreter, torch and the features the child loads
     (train + test arrays), so it is an upper bound of the detector's own memory.

@@ -104,6 +104,8 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", default=None, help="row names to run")
+    ap.add_argument("--features", nargs="*", default=None,
+                    help="feature sets to run (imagenet, lite, 'imagenet, pooling=1')")
     ap.add_argument("--skip-recall", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(THREADS)
@@ -111,31 +113,46 @@ def main(argv=None):
         sys.argv[1:] if argv is None else argv)
 
     data = C.bottle_data()
+    # feature sets: name -> extractor parameters (default backbone, 256 -> 224)
+    feature_params = {
+        "imagenet": {"normalize": "imagenet"},
+        "lite": {"normalize": "lite"},
+        "imagenet, pooling=1": {"normalize": "imagenet", "pooling": 1},
+    }
     feats = {}
-    for norm in ("imagenet", "lite"):
-        feats[norm] = (
-            C.cached_features(data.train_images, "bottle_train", normalize=norm, n_threads=THREADS),
-            C.cached_features(data.test_images, "bottle_test", normalize=norm, n_threads=THREADS),
-        )
+
+    def features(key):
+        if key not in feats:
+            p = {**feature_params[key], "n_threads": THREADS}
+            feats[key] = (C.cached_features(data.train_images, "bottle_train", **p),
+                          C.cached_features(data.test_images, "bottle_test", **p))
+        return feats[key]
+
     labels, masks = data.test_labels, data.test_masks
     backbone_ips = C.backbone_speed(data.test_images, n_images=32, n_threads=THREADS)
     print(f"backbone {backbone_ips:.1f} images/s", flush=True)
 
+    # cheapest first, so a partial run (written after every row) still has most rows
     runs = [
-        ("PatchCore 10%", "imagenet", False),
         ("PaDiM (152 ch)", "imagenet", False),
+        ("LOF on pooled features", "imagenet", True),
         ("PatchCore 1%", "imagenet", False),
-        ("PatchCore 10%", "lite", False),
         ("PaDiM (100 ch)", "imagenet", False),
         ("SPADE (K=50)", "imagenet", False),
         ("LOF on patches", "imagenet", False),
-        ("LOF on pooled features", "imagenet", True),
+        ("PatchCore 10%", "imagenet", False),
+        ("PatchCore 10%", "lite", False),
+        ("PaDiM (152 ch)", "imagenet, pooling=1", False),
     ]
+    out_name = ("bottle_baselines" if not (args.only or args.features)
+                else "bottle_baselines_" + "_".join(
+                    (args.only or []) + (args.features or [])).replace(" ", "").replace(
+                    "%", "pct").replace(",", "").replace("(", "").replace(")", "").replace("=", ""))
     rows = []
     for name, norm, pool in runs:
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or (args.features and norm not in args.features):
             continue
-        train, test = feats[norm]
+        train, test = features(norm)
         if pool:
             train, test = pooled(train), pooled(test)
         load = C._sh("cat /proc/loadavg").split()[0]
@@ -145,23 +162,24 @@ def main(argv=None):
         if pool:  # 1x1 maps: no localisation
             for k in ("pixel_auroc", "pro", "pixel_ap"):
                 res[k] = float("nan")
-        row = {"detector": name, "normalize": norm, **res,
+        row = {"detector": name, "features": norm, **res,
                "predict/backbone time": backbone_ips / res["predict_ips"], "load1": load}
         print(json.dumps(row), flush=True)
         rows.append(row)
+        C.write_results(out_name, rows, command,
+                        notes=f"partial run: {len(rows)} rows so far; backbone {backbone_ips:.2f} images/s")
 
     extra = {}
-    if not args.only:
+    if not (args.only or args.features):
         extra["coreset_10pct_s"], extra["n_patches"], extra["n_selected"] = coreset_time(
-            feats["imagenet"][0])
+            features("imagenet")[0])
         print("coreset", extra, flush=True)
         if not args.skip_recall:
-            extra["ann"] = ann_recall(*feats["imagenet"])
+            extra["ann"] = ann_recall(*features("imagenet"))
             print("ann", extra["ann"], flush=True)
     extra["backbone_ips"] = backbone_ips
     notes = "extra measurements: `" + json.dumps(extra, default=str) + "`"
-    C.write_results("bottle_baselines" if not args.only else "bottle_baselines_partial",
-                    rows, command, notes=notes)
+    C.write_results(out_name, rows, command, notes=notes)
 
 
 if __name__ == "__main__":
