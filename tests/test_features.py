@@ -359,7 +359,8 @@ def test_import_order_has_no_cycle():
     import subprocess
     import sys
 
-    for first, second in [("skad.features", "skad.detectors"), ("skad.detectors", "skad.features")]:
+    pairs = [("skad.features", "skad.detectors"), ("skad.detectors", "skad.features")]
+    for first, second in pairs:
         code = f"import {first}, {second}; {second}.__name__"
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-500:]
