@@ -261,7 +261,8 @@ def test_shift_aggregation_on_shifted_image_and_defect():
                        shift_directions="axes", **kw).fit(X)
     # one of the shifted passes re-aligns the image: the min map is low inside
     inner = (slice(None), slice(2, 6), slice(2, 6))
-    assert shifted_min.anomaly_map(moved)[inner].mean() < 0.3 * plain.anomaly_map(moved)[inner].mean()
+    realigned = shifted_min.anomaly_map(moved)[inner].mean()
+    assert realigned < 0.3 * plain.anomaly_map(moved)[inner].mean()
     # a defect stays where it is after shifting the maps back, for both aggregations
     defect = X[:1].copy()
     defect[0, :, 5, 2] += 6.0
@@ -283,7 +284,8 @@ def test_neighbourhood_scoring_tolerates_misalignment():
     padim_like = NPad(modules="A", neighborhood_size=1, max_shift=0).fit(X)
     with_c = NPad(modules="AC", neighborhood_size=1, score_neighborhood=3, max_shift=0).fit(X)
     inner = (slice(None), slice(1, 7), slice(2, 7))
-    assert with_c.anomaly_map(moved)[inner].mean() < 0.3 * padim_like.anomaly_map(moved)[inner].mean()
+    tolerant = with_c.anomaly_map(moved)[inner].mean()
+    assert tolerant < 0.3 * padim_like.anomaly_map(moved)[inner].mean()
 
 
 # ---------------------------------------------------------------- API
