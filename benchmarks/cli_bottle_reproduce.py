@@ -90,7 +90,7 @@ def main():
         rows.append({
             "detector": name,
             "images": len(merged),
-            "max |diff|": f"{np.abs(a - b).max():.3g}",
+            "max abs. diff": f"{np.abs(a - b).max():.3g}",
             "max rel. diff": f"{rel.max():.3g}",
             "same ranking": bool((np.argsort(a, kind="stable") == np.argsort(b, kind="stable")).all()),
             "image AUROC benchmark": f"{image_auroc(merged['label'], a):.4f}",
