@@ -121,8 +121,9 @@ class SPADE(PatchDetectorMixin, BaseDetector):
         self.n_neighbors_ = int(min(self.n_neighbors, n - 1))
         return self
 
-    def _spade_scores(self, X, exclude_own):
-        n, c, h, w = X.shape
+    def _image_level(self, X, exclude_own):
+        """Image scores and the K nearest training images of each image."""
+        n = X.shape[0]
         dev = resolve_device(self.device)
         K = self.n_neighbors_
         n_train = self.train_pooled_.shape[0]
@@ -136,7 +137,13 @@ class SPADE(PatchDetectorMixin, BaseDetector):
             dist, nbr = dist[:, 1:], nbr[:, 1:]
         else:
             dist, nbr = knn_search(pooled, self.train_pooled_, K, device=dev)
-        image = dist.mean(axis=1)  # mean distance to the K nearest images
+        return dist.mean(axis=1), nbr  # mean distance to the K nearest images
+
+    def _spade_scores(self, X):
+        n, c, h, w = X.shape
+        dev = resolve_device(self.device)
+        K = self.n_neighbors_
+        image, nbr = self._image_level(X, exclude_own=False)
         th, tw = self.train_patches_.shape[2:]
         kappa = self.n_pixel_neighbors
         if kappa > K * th * tw:
@@ -153,7 +160,8 @@ class SPADE(PatchDetectorMixin, BaseDetector):
         return image, maps.reshape(n, h, w)
 
     def _score(self, X):
-        return self._spade_scores(X, exclude_own=False)
+        return self._spade_scores(X)
 
     def _offset_scores(self, X):
-        return self._spade_scores(X, exclude_own=True)[0]
+        # image level only: the offset needs no pixel maps
+        return self._image_level(X, exclude_own=True)[0]
