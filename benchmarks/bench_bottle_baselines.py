@@ -143,6 +143,7 @@ def main(argv=None):
         ("PatchCore 10%", "imagenet", False),
         ("PatchCore 10%", "lite", False),
         ("PaDiM (152 ch)", "imagenet, pooling=1", False),
+        ("PatchCore 1%", "lite", False),
     ]
     out_name = ("bottle_baselines" if not (args.only or args.features)
                 else "bottle_baselines_" + "_".join(
