@@ -193,14 +193,25 @@ def _sh(cmd):
         return ""
 
 
+def cpu_name():
+    """The CPU model from ``lscpu`` (``platform.processor()`` when unavailable)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine():
     """Cores, CPU model, load (``uptime``), torch / numpy versions."""
     import torch
 
-    cpu = _sh("lscpu | grep 'Model name' | sed 's/.*: *//'") or platform.processor()
     return {
         "nproc": _sh("nproc"),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "uptime": _sh("uptime"),
         "python": platform.python_version(),
         "torch": torch.__version__,
