@@ -137,11 +137,17 @@ def _naive_greedy(X, n_select, seed, projection_dim=128):
 
 
 @pytest.mark.parametrize("projection_dim", [None, 8])
-def test_coreset_matches_naive_greedy(projection_dim):
+@pytest.mark.parametrize("knobs", [
+    dict(leaf_size=16),
+    dict(leaf_size=16, n_candidates=1),  # one pick per batch: the naive loop
+    dict(leaf_size=8, n_candidates=7, chunk_size=8),  # many lazy batches, fine chunks
+    dict(leaf_size=4096, chunk_size=10**6),  # a single block: no pruning
+])
+def test_coreset_matches_naive_greedy(projection_dim, knobs):
     rng = np.random.default_rng(4)
     X = (rng.normal(size=(1500, 6)) @ rng.normal(size=(6, 20))).astype(np.float32)
-    got = greedy_coreset(X, 120, projection_dim=projection_dim, random_state=7, leaf_size=16)
-    np.testing.assert_array_equal(got, _naive_greedy(X, 120, 7, projection_dim))
+    got = greedy_coreset(X, 300, projection_dim=projection_dim, random_state=7, **knobs)
+    np.testing.assert_array_equal(got, _naive_greedy(X, 300, 7, projection_dim))
 
 
 def test_coreset_reproducible_and_distinct():
@@ -159,6 +165,9 @@ def test_coreset_reproducible_and_distinct():
         greedy_coreset(X, 0)
     with pytest.raises(ValueError, match="n_select"):
         greedy_coreset(X, 801)
+    with pytest.raises(ValueError, match="n_candidates"):
+        greedy_coreset(X, 5, n_candidates=0)
+    np.testing.assert_array_equal(np.sort(greedy_coreset(X, 800, random_state=0)), np.arange(800))
 
 
 def test_coreset_covers_better_than_random():
