@@ -106,6 +106,13 @@ def test_patchcore_approx_method_records_choice():
     X_train, X_test, _ = _patch_data()
     det = PatchCore(coreset_ratio=1.0, approx_threshold=10_000).fit(X_train)
     assert det.nn_method_ == "exact"
+    n_bank = len(det.memory_bank_)
+    ivf = PatchCore(coreset_ratio=1.0, approx_threshold=n_bank, n_probe=10**6).fit(X_train)
+    assert ivf.nn_method_ == "ivf"
+    # every list probed: the IVF search is exact
+    np.testing.assert_allclose(ivf.anomaly_map(X_test), det.anomaly_map(X_test), rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(ivf.offset_, det.offset_, rtol=1e-4)
 
 
 def test_padim_matches_numpy_gaussians():

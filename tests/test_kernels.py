@@ -1,5 +1,7 @@
 """Shared numeric kernels against brute-force references."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -111,7 +113,7 @@ def test_index_methods_and_approx_group_filter():
     qg = np.arange(40) // 10
     d_x, i_x = exact.query(q, 3, query_groups=qg, bank_groups=bg)
     index = NeighborIndex(bank, "exact")
-    index.method_, index.graph_ = "approx", _ExactGraph(index.bank_)
+    index.method_, index.graph_ = "nndescent", _ExactGraph(index.bank_)
     d_a, i_a = index.query(q, 3, query_groups=qg, bank_groups=bg)
     np.testing.assert_array_equal(i_a, i_x)
     np.testing.assert_allclose(d_a, d_x, rtol=1e-5)
@@ -122,6 +124,46 @@ def test_index_methods_and_approx_group_filter():
         build_index(bank, method="fast")
     with pytest.raises(ValueError, match="approx_threshold"):
         build_index(bank, approx_threshold=0)
+    with pytest.raises(ValueError, match="n_probe"):
+        build_index(bank, method="ivf", n_probe=0)
+    with pytest.raises(ValueError, match="n_lists"):
+        build_index(bank, method="ivf", n_lists=301)
+
+
+def test_ivf_index_exact_when_all_lists_probed_and_pickles():
+    rng = np.random.default_rng(8)
+    centers = rng.normal(size=(20, 12)) * 5
+    bank = (centers[rng.integers(0, 20, 3000)] + rng.normal(size=(3000, 12))).astype(np.float32)
+    q = (centers[rng.integers(0, 20, 200)] + rng.normal(size=(200, 12))).astype(np.float32)
+    ivf = build_index(bank, method="auto", approx_threshold=3000, n_lists=40, n_probe=40,
+                      random_state=0)
+    assert ivf.method_ == "ivf" and ivf.n_lists_ == 40
+    d_b, i_b = _brute_knn(q, bank, 4)
+    d, i = ivf.query(q, 4)
+    np.testing.assert_array_equal(i, i_b)
+    np.testing.assert_allclose(d, d_b, rtol=1e-4, atol=1e-4)
+    # fewer probes: recall < 1 is possible, but never a distance below the true one
+    few = build_index(bank, method="ivf", n_lists=40, n_probe=2, random_state=0)
+    d1, _ = few.query(q, 1)
+    assert np.all(d1[:, 0] >= d_b[:, 0] - 1e-4)
+    restored = pickle.loads(pickle.dumps(few))
+    np.testing.assert_array_equal(restored.query(q, 1)[1], few.query(q, 1)[1])
+
+
+def test_ivf_group_exclusion_completes_short_rows_exactly():
+    rng = np.random.default_rng(9)
+    centers = rng.normal(size=(10, 6)) * 20
+    labels = np.repeat(np.arange(10), 100)
+    bank = (centers[labels] + rng.normal(size=(1000, 6))).astype(np.float32)
+    q = bank[::50] + 0.01
+    qg = labels[::50]
+    # groups = clusters: with one probe the probed list holds only the query's own
+    # group, so the approximate search finds nothing eligible; those rows are exact
+    ivf = build_index(bank, method="ivf", n_lists=10, n_probe=1, random_state=0)
+    d, i = ivf.query(q, 2, query_groups=qg, bank_groups=labels)
+    d_x, i_x = knn_search(q, bank, 2, query_groups=qg, bank_groups=labels)
+    np.testing.assert_array_equal(i, i_x)
+    np.testing.assert_allclose(d, d_x, rtol=1e-5)
 
 
 def _naive_greedy(X, n_select, seed, projection_dim=128):

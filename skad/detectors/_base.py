@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._kernels.maps import gaussian_smooth, upsample_maps
+from .._kernels.maps import resize_smooth
 from ..utils.validation import _is_path_sequence, check_patches
 
 __all__ = ["BaseDetector", "PatchDetectorMixin"]
@@ -163,7 +163,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         maps = np.asarray(maps, dtype=np.float32)
         if output_size is None:
             return maps
-        return gaussian_smooth(upsample_maps(maps, output_size), self.sigma)
+        return resize_smooth(maps, output_size, self.sigma)
 
     def anomaly_map(self, X, output_size=None):
         """Pixel-level anomaly maps (higher = more anomalous).
