@@ -66,7 +66,7 @@ def _params_key(params):
 def _extractor(**params):
     from skad.features import PatchFeatureExtractor
 
-    params = {"backbone": BACKBONE, "device": "cpu", "batch_size": 16, **params}
+    params = {"backbone": BACKBONE, "device": "cpu", **params}
     return PatchFeatureExtractor(**params)
 
 
