@@ -73,11 +73,15 @@ def _extractor(**params):
 def cached_features(images, key, **extractor_params):
     """Patch features of ``images`` (n, C, h, w) float32, cached under benchmarks/.cache/.
 
-    ``key`` names the image set (e.g. "bottle_train"); the extractor parameters are
-    hashed into the file name, so different settings never share a cache file.
+    ``key`` names the image set (e.g. "bottle_train"); all the extractor's parameters
+    that change features (the given ones and the package defaults) are hashed into the
+    file name, so different settings -- or changed defaults -- never share a cache file.
     """
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{key}_{_params_key(extractor_params)}.npy"
+    runtime = {"n_threads", "batch_size", "verbose", "device"}
+    full = {k: v for k, v in _extractor(**extractor_params).get_params(deep=False).items()
+            if k not in runtime}
+    path = CACHE / f"{key}_{_params_key(full)}.npy"
     if not path.exists():
         ext = _extractor(**extractor_params)
         np.save(path, ext.fit(images[:1]).transform(images))

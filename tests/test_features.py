@@ -171,8 +171,8 @@ def test_pooling_on_off(lite0_fitted):
     raw_ext = clone(ext).set_params(layers="blocks.2", pooling=None).fit(X)
     assert raw_ext.module_.pooling == 1
     raw = raw_ext.transform(X)
-    # brute force: mean over the in-map 3x3 neighbourhood
-    np.testing.assert_allclose(pooled[1, :, 0, 5], raw[1, :, 0:2, 4:7].mean(axis=(1, 2)),
+    # brute force: 3x3 neighbourhood sum / 9 (zero padding counts at the border)
+    np.testing.assert_allclose(pooled[1, :, 0, 5], raw[1, :, 0:2, 4:7].sum(axis=(1, 2)) / 9,
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(pooled[1, :, 3, 3], raw[1, :, 2:5, 2:5].mean(axis=(1, 2)),
                                rtol=1e-4, atol=1e-5)
@@ -189,6 +189,41 @@ def test_local_average_pool_brute_force():
             ref[..., i, j] = xn[..., max(i - 2, 0):i + 3, max(j - 2, 0):j + 3].mean(axis=(-2, -1))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
     assert local_average_pool(x, 1) is x
+    # zero padding counted: every window sum is divided by 25
+    padded = np.pad(xn, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    ref_pad = np.empty_like(xn)
+    for i in range(6):
+        for j in range(7):
+            ref_pad[..., i, j] = padded[..., i:i + 5, j:j + 5].sum(axis=(-2, -1)) / 25
+    np.testing.assert_allclose(local_average_pool(x, 5, include_pad=True).numpy(), ref_pad,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_extractor_pool_padding_and_upsample_modes():
+    rng = np.random.default_rng(2)
+    imgs = (rng.random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    kw = dict(backbone="resnet18", weights=None, layers=("layer2", "layer3"), input_size=64,
+              device="cpu")
+    raw = PatchFeatureExtractor(pooling=1, **kw).fit(imgs)
+    body = raw.module_.body
+    with torch.inference_mode():
+        feats = body(raw.to_tensor(imgs))
+    l2, l3 = feats["layer2"].numpy(), feats["layer3"].numpy()
+    near = PatchFeatureExtractor(pooling=1, upsample="nearest", **kw).fit(imgs).transform(imgs)
+    c2 = l2.shape[1]
+    np.testing.assert_allclose(near[:, :c2], l2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(near[:, c2:], l3.repeat(2, axis=2).repeat(2, axis=3),
+                               rtol=1e-5, atol=1e-5)
+    bil = raw.transform(imgs)
+    assert not np.allclose(bil[:, c2:], near[:, c2:])
+    inc = PatchFeatureExtractor(pooling=3, **kw).fit(imgs).transform(imgs)
+    exc = PatchFeatureExtractor(pooling=3, pool_include_pad=False, **kw).fit(imgs).transform(imgs)
+    np.testing.assert_allclose(inc[:, :c2, 1:-1, 1:-1], exc[:, :c2, 1:-1, 1:-1], rtol=1e-4,
+                               atol=1e-5)  # interior: same windows
+    np.testing.assert_allclose(inc[:, :c2, 0, 0], exc[:, :c2, 0, 0] * 4 / 9, rtol=1e-4,
+                               atol=1e-5)  # corner: 4 map cells of 9
+    with pytest.raises(ValueError, match="upsample"):
+        PatchFeatureExtractor(upsample="bicubic", **kw).fit(imgs)
 
 
 # -------------------------------------------------------------------- truncation

@@ -13,19 +13,24 @@ from sklearn.utils.validation import check_is_fitted
 __all__ = ["GlobalPool", "local_average_pool"]
 
 
-def local_average_pool(features: torch.Tensor, size: int) -> torch.Tensor:
+def local_average_pool(features: torch.Tensor, size: int, include_pad: bool = False
+                       ) -> torch.Tensor:
     """Average each patch feature over its ``size x size`` neighbourhood (stride 1).
 
     PatchCore's local aggregation (Roth et al., 2022, Sec. 3.1: ``f_agg`` over the
-    neighbourhood ``N_p^(h,w)`` with ``p = size``) as an average: padding ``size // 2``
-    keeps the map size, and border positions average only the neighbours inside the
-    map (``count_include_pad=False``), so borders are not pulled towards zero.
+    neighbourhood ``N_p^(h,w)`` with ``p = size``) as an average; zero padding of
+    ``size // 2`` keeps the map size.
 
     Parameters
     ----------
     features : Tensor of shape (b, C, h, w)
     size : int
         Odd neighbourhood size; 1 returns ``features`` unchanged.
+    include_pad : bool, default=False
+        Whether the zero padding counts in the border averages (``True``: always
+        divide by ``size**2``, as PatchCore's reference code, which unfolds
+        zero-padded neighbourhoods; ``False``: border positions average their in-map
+        neighbours only).
 
     Returns
     -------
@@ -40,10 +45,13 @@ def local_average_pool(features: torch.Tensor, size: int) -> torch.Tensor:
     4.0
     >>> local_average_pool(x, 3)[0, 0, 0, 0].item()   # mean of 0, 1, 3, 4
     2.0
+    >>> local_average_pool(x, 3, include_pad=True)[0, 0, 0, 0].item()   # (0+1+3+4) / 9
+    0.8888888955116272
     """
     if size == 1:
         return features
-    return F.avg_pool2d(features, size, stride=1, padding=size // 2, count_include_pad=False)
+    return F.avg_pool2d(features, size, stride=1, padding=size // 2,
+                        count_include_pad=bool(include_pad))
 
 
 class GlobalPool(TransformerMixin, BaseEstimator):
