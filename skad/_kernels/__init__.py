@@ -1,7 +1,7 @@
 """Shared numeric kernels (plain functions, no estimator state).
 
 - :mod:`.knn`: chunked exact k-nearest-neighbour search with group exclusion;
-- :mod:`.ann`: an index choosing exact search or a pynndescent graph;
+- :mod:`.ann`: an index choosing exact search, a faiss IVF index or a pynndescent graph;
 - :mod:`.coreset`: greedy k-center coreset with random projection (PatchCore);
 - :mod:`.gaussian`: batched Gaussian fitting, Cholesky factors, Mahalanobis distances;
 - :mod:`.maps`: anomaly-map upsampling and smoothing.
