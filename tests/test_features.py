@@ -333,8 +333,15 @@ def test_batches_and_threads_do_not_change_features(lite0_fitted, capfd):
         ext.set_params(batch_size=1, n_threads=1, verbose=True)
         np.testing.assert_allclose(ext.transform(X), ref, rtol=1e-5, atol=1e-5)
     finally:
-        ext.set_params(batch_size=16, n_threads=None, verbose=False)
+        ext.set_params(batch_size="auto", n_threads=None, verbose=False)
     assert "PatchFeatureExtractor" in capfd.readouterr().err  # the progress bar
+    assert ext._batch_size() == (32 if ext.device_.type == "cuda" else 4)
+    # the module runs channels-last; a contiguous (NCHW) input gives the same features
+    assert ext.module_.body.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        t = ext.to_tensor(X[:2])
+        np.testing.assert_allclose(ext.module_(t.contiguous()).cpu().numpy(), ref[:2],
+                                   rtol=1e-4, atol=1e-4)
     assert torch.get_num_threads() == before
     assert str(ext.device_) == ("cuda" if torch.cuda.is_available() else "cpu")
 
