@@ -12,6 +12,7 @@ from skad import make_pipeline
 from skad._kernels import patch_rows
 from skad._kernels.knn import knn_search
 from skad.detectors import SPADE, PaDiM, PatchCore, PatchOutlierDetector
+from skad.detectors.patch_outlier import self_excluded_knn_graph
 from skad.detectors.patchcore import reweighted_image_scores
 
 
@@ -244,3 +245,79 @@ def test_gridsearch_pipeline_and_pickle(tiny_images, tmp_path):
     s2, m2 = again.score_and_map(X[10:])
     np.testing.assert_array_equal(scores, s2)
     np.testing.assert_array_equal(maps, m2)
+
+
+# -- blind LOF (PatchCluster paper's baseline): LocalOutlierFactor(novelty=False) --------
+def _blind_lof(n_neighbors=10, **params):
+    return PatchOutlierDetector(
+        LocalOutlierFactor(n_neighbors=n_neighbors), max_patches=None, device="cpu", **params
+    )
+
+
+def test_blind_lof_equals_sklearn_negative_outlier_factor():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(60, 2)), [[6.0, 6.0], [-5.0, 4.0]]])
+    ref = LocalOutlierFactor(n_neighbors=10).fit(X).negative_outlier_factor_
+    det = _blind_lof(10).fit(X)
+    assert det.blind_ and det.estimator_.metric == "precomputed"
+    np.testing.assert_allclose(det.train_maps_.ravel(), -ref, rtol=1e-5)
+    np.testing.assert_allclose(det.score_samples(X), ref, rtol=1e-5)
+    # a permutation / subset of the fitted set is recognised per sample
+    np.testing.assert_allclose(det.score_samples(X[::-1][:5]), ref[::-1][:5], rtol=1e-5)
+    # a non-Euclidean metric is handed to scikit-learn unchanged
+    ref1 = LocalOutlierFactor(n_neighbors=10, metric="manhattan").fit(X)
+    det1 = PatchOutlierDetector(
+        LocalOutlierFactor(n_neighbors=10, metric="manhattan"), max_patches=None
+    ).fit(X)
+    assert det1.estimator_.metric == "manhattan"
+    np.testing.assert_allclose(det1.score_samples(X), ref1.negative_outlier_factor_, rtol=1e-5)
+
+
+def test_blind_lof_flags_planted_patch_among_patch_maps():
+    X_train, _, _ = _patch_data(n_train=12)
+    X = X_train.copy()
+    X[7, :, 3, 1] += 6.0  # the defect is in the very set that is fitted and scored
+    det = _blind_lof(20, contamination=1 / 12).fit(X)
+    rows = patch_rows(X).astype(np.float64)
+    ref = LocalOutlierFactor(n_neighbors=20).fit(rows).negative_outlier_factor_
+    np.testing.assert_allclose(det.anomaly_map(X).ravel(), -ref, rtol=1e-5)
+    scores = det.anomaly_score(X)
+    assert scores.argmax() == 7 and det.anomaly_map(X)[7].argmax() == 3 * 5 + 1
+    assert det.fit_predict(X).tolist() == [1] * 7 + [-1] + [1] * 4
+    # the shared kernel's graph: each patch's nearest others, never itself
+    G = self_excluded_knn_graph(rows, 20)
+    dist, _ = knn_search(rows, rows, 21)
+    np.testing.assert_allclose(G.data.reshape(-1, 21)[:, 1:], dist[:, 1:], rtol=1e-5, atol=1e-5)
+    assert (G.indices.reshape(-1, 21)[:, 1:] != np.arange(len(rows))[:, None]).all()
+
+
+def test_blind_lof_errors():
+    X_train, X_test, _ = _patch_data()
+    det = _blind_lof(10).fit(X_train)
+    with pytest.raises(ValueError, match="not in the set.*novelty=True"):
+        det.score_samples(X_test)
+    with pytest.raises(ValueError, match="max_patches=100"):
+        PatchOutlierDetector(LocalOutlierFactor(), max_patches=100).fit(X_train)
+    with pytest.raises(ValueError, match="at least 2 patches"):
+        _blind_lof(10).fit(X_train[:1, :, :1, :1])
+    with pytest.raises(ValueError, match="n_neighbors=5"):
+        self_excluded_knn_graph(np.zeros((5, 2)), 5)
+    with pytest.raises(ValueError, match="device"):
+        PatchOutlierDetector(LocalOutlierFactor(), device="tpu").fit(X_train)
+    # more neighbours than other patches: all of them, as scikit-learn (which warns)
+    X = np.random.default_rng(0).normal(size=(8, 2))
+    with pytest.warns(UserWarning, match="n_neighbors"):
+        ref = LocalOutlierFactor(n_neighbors=50).fit(X).negative_outlier_factor_
+    with pytest.warns(UserWarning, match="n_neighbors"):
+        det = _blind_lof(50).fit(X)
+    np.testing.assert_allclose(det.score_samples(X), ref, rtol=1e-5)
+
+
+def test_blind_lof_pickles_and_is_deterministic(tmp_path):
+    X_train, _, _ = _patch_data()
+    det = _blind_lof(15).fit(X_train)
+    again = _blind_lof(15).fit(X_train)
+    np.testing.assert_array_equal(det.train_maps_, again.train_maps_)
+    path = tmp_path / "lof.joblib"
+    joblib.dump(det, path)
+    np.testing.assert_array_equal(joblib.load(path).anomaly_map(X_train), det.train_maps_)
