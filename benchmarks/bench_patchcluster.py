@@ -7,7 +7,14 @@ Reproduces the comparisons of the PatchCluster paper on the shared data:
   AUROC); every method is fitted on the set and scores the same set, no labels;
 - CrackForest (every image has a crack): blind, pixel metrics only;
 - the one-class setting (fit on train/good, score test);
-- the K sweep (paper Table 5) and the coreset sweep (Table 7) on one setting.
+- the K sweep (paper Table 5) and the coreset sweep (Table 7) on one setting;
+- ``coreset_share``: the share of defect patches the greedy coreset keeps (why coresets
+  hurt blind scoring).
+
+Methods: PatchCluster full bank (K = 100) and 25 % coreset (K = 25), PatchCore-10 %
+blind (with and without ``exclude_self``), SPADE with the image itself excluded, PaDiM,
+and LOF over the full patch bank with 100 neighbours
+(``PatchOutlierDetector(LocalOutlierFactor(n_neighbors=100), max_patches=None)``).
 
 Features: efficientnet_lite0, blocks 2+4 (strides 8 + 16, 40 + 112 = 152 channels),
 3x3 local pooling, ImageNet normalisation; bottle resized to 256 and centre-cropped to
@@ -21,6 +28,7 @@ Usage::
 
     python benchmarks/bench_patchcluster.py --stages test ano
     python benchmarks/bench_patchcluster.py --stages mix --max-images 100
+    python benchmarks/bench_patchcluster.py --stages crackforest coreset_share
     python benchmarks/bench_patchcluster.py --report
 """
 
@@ -113,36 +121,20 @@ def subsample(feats, labels, masks, max_images, seed=SEED):
 
 
 # -- LOF baseline ----------------------------------------------------------------------
-def lof_blind_maps(X, n_neighbors=100):
-    """LOF of every patch among all patches of X (blind: the training patches themselves).
+def lof_blind(X, n_neighbors=100):
+    """The paper's LOF baseline: each patch's LOF among all patches of X (blind).
 
-    scikit-learn's ``LocalOutlierFactor(novelty=False)`` scores its training samples
-    through ``negative_outlier_factor_`` (it has no ``score_samples`` then, so
-    ``PatchOutlierDetector``, which calls ``score_samples``, cannot host it). The exact
-    k-NN graph comes from skad's chunked kernel (self excluded by group) and is handed
-    to LOF as a precomputed sparse graph, with each patch's self-distance 0 stored first
-    as scikit-learn expects of a training graph.
+    ``PatchOutlierDetector(LocalOutlierFactor(n_neighbors=100), max_patches=None)``:
+    scikit-learn's ``novelty=False`` LOF on the full patch bank, with the exact
+    self-excluded 100-NN graph from skad's shared kNN kernel (``metric="precomputed"``).
     """
-    import scipy.sparse as sp
     from sklearn.neighbors import LocalOutlierFactor
 
-    from skad._kernels import patch_rows
-    from skad._kernels.knn import knn_search
+    from skad.detectors import PatchOutlierDetector
 
-    n, _, h, w = X.shape
-    rows = patch_rows(X)
-    m = rows.shape[0]
-    ids = np.arange(m)
-    dist, idx = knn_search(rows, rows, n_neighbors, query_groups=ids, bank_groups=ids)
-    data = np.concatenate([np.zeros((m, 1), np.float64), dist.astype(np.float64)], 1)
-    cols = np.concatenate([ids[:, None], idx], 1)
-    graph = sp.csr_matrix(
-        (data.ravel(), cols.ravel(), np.arange(0, m * (n_neighbors + 1) + 1, n_neighbors + 1)),
-        shape=(m, m),
-    )
-    lof = LocalOutlierFactor(n_neighbors=n_neighbors, metric="precomputed").fit(graph)
-    maps = (-lof.negative_outlier_factor_).astype(np.float32).reshape(n, h, w)
-    return maps.reshape(n, -1).max(1), maps
+    det = PatchOutlierDetector(LocalOutlierFactor(n_neighbors=n_neighbors), max_patches=None,
+                               device="cpu").fit(X)
+    return det.anomaly_score(X), det.anomaly_map(X)
 
 
 # -- evaluation ------------------------------------------------------------------------
@@ -160,9 +152,16 @@ def evaluate(scores, maps, labels, masks, sigma=4.0):
     return out
 
 
+def command():
+    """The command line of this run, as written beside its numbers in the report."""
+    return " ".join(["python", "benchmarks/bench_patchcluster.py"] + sys.argv[1:])
+
+
 def record(stage, setting, method, metrics, seconds, **extra):
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     row = {"stage": stage, "setting": setting, "method": method, **metrics,
-           "seconds": round(seconds, 1), **extra}
+           "seconds": round(seconds, 1), **extra, "command": command(),
+           "load": round(load, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(JSONL, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -244,7 +243,10 @@ def blind_methods(stage, setting, X, labels, masks, methods, extra):
                coreset_ratio=0.25)
     if "patchcore" in methods:
         t0 = time.perf_counter()
-        core = PatchCore(coreset_ratio=0.1, random_state=SEED, device="cpu").fit(X)
+        # exact search as every other method here (PatchCore's "auto" would use an IVF
+        # index from 10k bank rows)
+        core = PatchCore(coreset_ratio=0.1, nn_method="exact", random_state=SEED,
+                         device="cpu").fit(X)
         fit_s = time.perf_counter() - t0
         for excl in (False, True):
             # exclude_self only changes scoring (2nd nearest bank patch), not the fit
@@ -253,7 +255,7 @@ def blind_methods(stage, setting, X, labels, masks, methods, extra):
             s, m = core.anomaly_score(X), core.anomaly_map(X)
             name = "PatchCore-10%" + (" exclude_self" if excl else "")
             record(stage, setting, name, evaluate(s, m, labels, masks),
-                   fit_s + time.perf_counter() - t1, **extra)
+                   fit_s + time.perf_counter() - t1, nn_method=core.nn_method_, **extra)
     if "spade" in methods:
         def spade():
             det = SPADE(exclude_self=True, device="cpu").fit(X)
@@ -265,7 +267,7 @@ def blind_methods(stage, setting, X, labels, masks, methods, extra):
             return det.anomaly_score(X), det.anomaly_map(X)
         run_method(stage, setting, "PaDiM", padim, labels, masks, **extra)
     if "lof" in methods:
-        run_method(stage, setting, "LOF (full bank, 100 nn)", lambda: lof_blind_maps(X), labels,
+        run_method(stage, setting, "LOF (full bank, 100 nn)", lambda: lof_blind(X), labels,
                    masks, **extra)
 
 
@@ -304,7 +306,8 @@ def stage_oneclass(args):
     for name, make in [
         (f"PatchCluster-{pct}", lambda: PatchCluster(coreset_ratio=r, random_state=SEED,
                                                      device="cpu")),
-        (f"PatchCore-{pct}", lambda: PatchCore(coreset_ratio=r, random_state=SEED, device="cpu")),
+        (f"PatchCore-{pct}", lambda: PatchCore(coreset_ratio=r, nn_method="exact",
+                                               random_state=SEED, device="cpu")),
     ]:
         def fn(make=make):
             det = make().fit(Xtr)
@@ -349,36 +352,166 @@ def stage_coreset_sweep(args):
                    lambda r=r: pc(X, coreset_ratio=r), labels, masks, ratio=r, **extra)
 
 
+def stage_coreset_share(args):
+    """Why coresets hurt blind scoring: the share of defect patches the greedy coreset keeps.
+
+    A patch (8x8 pixel cell of the 224 px image at stride 8) is a defect patch when
+    any pixel of its cell is in the ground-truth mask. The selection is the one
+    ``PatchCluster(coreset_ratio=r, random_state=0)`` makes (same kernel, same seed
+    derivation as its ``_fit``).
+    """
+    from sklearn.utils import check_random_state
+
+    from skad._kernels import patch_rows
+    from skad._kernels.coreset import greedy_coreset
+
+    data = bottle(args.threads)
+    for setting in args.share_settings:
+        X, labels, masks = blind_features(data, setting)
+        n, _, h, w = X.shape
+        H, W = masks.shape[1:]
+        cell = (masks.reshape(n, h, H // h, w, W // w) > 0).any(axis=(2, 4)).reshape(-1)
+        rows = patch_rows(X)
+        for r in args.ratios:
+            rng = check_random_state(SEED)
+            t0 = time.perf_counter()
+            sel = greedy_coreset(rows, max(1, int(round(r * rows.shape[0]))), projection_dim=128,
+                                 random_state=rng.randint(np.iinfo(np.int32).max), device="cpu")
+            seconds = time.perf_counter() - t0
+            kept = np.zeros(rows.shape[0], bool)
+            kept[np.asarray(sel)] = True
+            record("coreset_share", setting, f"greedy coreset {r * 100:g}%",
+                   {"defect_share_all": float(cell.mean()),
+                    "defect_share_bank": float(cell[kept].mean()),
+                    "kept_of_defect": float(kept[cell].mean()),
+                    "kept_of_normal": float(kept[~cell].mean())},
+                   seconds, ratio=r, n_images=int(n), n_anomalous=int(labels.sum()))
+
+
 # -- report ----------------------------------------------------------------------------
+BEGIN, END = "<!-- report:begin (generated by --report) -->", "<!-- report:end -->"
+STAGES = ["mix", "test", "ano", "crackforest", "oneclass", "ksweep", "coreset_sweep",
+          "coreset_share"]
+BLIND = ["mix", "test", "ano", "crackforest"]
+PC_IMAGE = "[PatchCore weight]"  # PatchCluster's default image score (reweight="nearest")
+
+
 def _fmt(v):
     return "-" if v is None else f"{v:.3f}"
 
 
-def report(command_lines):
-    rows = [json.loads(line) for line in open(JSONL)]
-    # the last run of each (stage, setting, method) wins
-    last = {}
+def _groups(rows):
+    """Rows with a recorded command, by (stage, setting, images, subsample); last run wins."""
+    groups = {}
     for r in rows:
-        last[(r["stage"], r["setting"], r["method"])] = r
-    lines = []
-    for stage in ["mix", "test", "ano", "crackforest", "oneclass", "ksweep", "coreset_sweep"]:
-        sel = [r for (s, _, _), r in last.items() if s == stage]
-        if not sel:
+        if "command" not in r:
             continue
-        r0 = sel[0]
-        n = r0.get("n_images")
-        head = f"### {stage} ({r0['setting']}, {n} images"
-        if "n_anomalous" in r0:
-            head += f", {r0['n_anomalous']} defective"
-        if "subsample_seed" in r0:
-            head += f", stratified random subsample, seed {r0['subsample_seed']}"
-        lines += [head + ")", "", "| method | image AUROC | pixel AUROC | PRO | seconds |",
-                  "|---|---|---|---|---|"]
-        for r in sel:
-            lines.append(f"| {r['method']} | {_fmt(r.get('image_auroc'))} | "
-                         f"{_fmt(r['pixel_auroc'])} | {_fmt(r['pro'])} | {r['seconds']} |")
+        key = (r["stage"], r["setting"], r.get("n_images"), r.get("subsample_seed"))
+        groups.setdefault(key, {})[r["method"]] = r
+    order = {s: i for i, s in enumerate(STAGES)}
+    return sorted(groups.items(), key=lambda kv: (order[kv[0][0]], -(kv[0][2] or 0)))
+
+
+def _title(key, r0):
+    stage, setting, n, seed = key
+    head = f"{stage} ({setting}, {n} images"
+    if "n_anomalous" in r0:
+        head += f", {r0['n_anomalous']} defective"
+    if "n_train" in r0:
+        head += f", fitted on {r0['n_train']} train/good"
+    if seed is not None:
+        head += f", stratified random subsample, seed {seed}"
+    return head + ")"
+
+
+def _summary(groups):
+    """PatchCluster vs each competitor in the blind settings (differences per metric)."""
+    lines = ["| setting | metric | PatchCluster-100% | PatchCluster-25% | PatchCore-10% | "
+             "PatchCore-10% exclude_self | SPADE | PaDiM | LOF | PC-100% - PatchCore | "
+             "PC-25% - PatchCore | PC-100% - best other | PC-25% - best other |",
+             "|---" * 13 + "|"]
+    cols = [("PatchCluster-100%", f"PatchCluster-100% (K=100) {PC_IMAGE}"),
+            ("PatchCluster-25%", f"PatchCluster-25% (K=25) {PC_IMAGE}"),
+            ("PatchCore-10%", "PatchCore-10%"),
+            ("PatchCore-10% exclude_self", "PatchCore-10% exclude_self"),
+            ("SPADE", "SPADE (own image excluded)"), ("PaDiM", "PaDiM"),
+            ("LOF", "LOF (full bank, 100 nn)")]
+    for key, methods in groups:
+        if key[0] not in BLIND:
+            continue
+        name = f"{key[0]} ({key[2]} images{', subsample' if key[3] is not None else ''})"
+        for metric in ("image_auroc", "pixel_auroc", "pro"):
+            vals = {c: methods.get(m, {}).get(metric) for c, m in cols}
+            if all(v is None for v in vals.values()):
+                continue
+            others = [v for c, v in vals.items()
+                      if not c.startswith("PatchCluster") and v is not None]
+            best = max(others) if others else None
+
+            def diff(a, b):
+                return "-" if a is None or b is None else f"{a - b:+.3f}"
+
+            pc100, pc25 = vals["PatchCluster-100%"], vals["PatchCluster-25%"]
+            core = vals["PatchCore-10%"]
+            lines.append(
+                f"| {name} | {metric.replace('_', ' ')} | "
+                + " | ".join(_fmt(v) for v in vals.values())
+                + f" | {diff(pc100, core)} | {diff(pc25, core)} | {diff(pc100, best)} | "
+                f"{diff(pc25, best)} |")
+    return lines
+
+
+def report(path=None):
+    """Tables of the JSON lines, written between the markers of ``path`` (and returned)."""
+    rows = [json.loads(line) for line in open(JSONL)]
+    groups = _groups(rows)
+    n_skipped = sum("command" not in r for r in rows)
+    lines = [BEGIN, "",
+             f"Generated from `benchmarks/results/patchcluster.jsonl` by "
+             f"`python benchmarks/bench_patchcluster.py --report`. Each row's `command` is "
+             f"the run that measured it; `seconds` is wall-clock on the shared 2-core "
+             f"machine (load average in the `load` column, where recorded), not a speed "
+             f"claim. {n_skipped} older rows without a recorded command (superseded by "
+             f"reruns) are left out. The image AUROC of PatchCluster rows is the one in "
+             f"brackets (`{PC_IMAGE}` = the default `reweight=\"nearest\"`).", "",
+             "### Summary: PatchCluster vs the others in the blind settings", ""]
+    lines += _summary(groups) + [""]
+    share = [r for key, methods in groups if key[0] == "coreset_share"
+             for r in methods.values()]
+    groups = [(k, m) for k, m in groups if k[0] != "coreset_share"]
+    for key, methods in groups:
+        r0 = next(iter(methods.values()))
+        lines += [f"### {_title(key, r0)}", "",
+                  "| method | image AUROC | pixel AUROC | PRO | seconds | load | command |",
+                  "|---|---|---|---|---|---|---|"]
+        for m, r in methods.items():
+            dagger = " (+)" if "command_note" in r else ""
+            lines.append(f"| {m} | {_fmt(r.get('image_auroc'))} | {_fmt(r['pixel_auroc'])} | "
+                         f"{_fmt(r['pro'])} | {r['seconds']} | {r.get('load', '-')} | "
+                         f"`{r['command']}`{dagger} |")
+        notes = sorted({r["note"] for r in methods.values() if "note" in r}
+                       | {"(+) " + r["command_note"] for r in methods.values()
+                          if "command_note" in r})
+        lines += [""] + [f"Note: {n}" for n in notes] + ([""] if notes else [])
+    if share:
+        lines += ["### coreset_share (defect patches kept by the greedy coreset, bottle)", "",
+                  "| setting | coreset | defect share, all patches | defect share, coreset | "
+                  "kept of defect patches | kept of normal patches | command |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in share:
+            lines.append(f"| {r['setting']} ({r['n_images']} images) | {r['method']} | "
+                         f"{r['defect_share_all']:.4f} | {r['defect_share_bank']:.4f} | "
+                         f"{r['kept_of_defect']:.3f} | {r['kept_of_normal']:.3f} | "
+                         f"`{r['command']}` |")
         lines.append("")
-    return "\n".join(lines)
+    lines.append(END)
+    text = "\n".join(lines)
+    if path is not None:
+        old = Path(path).read_text() if Path(path).exists() else ""
+        if BEGIN in old and END in old:
+            text = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+        Path(path).write_text(text if text.endswith("\n") else text + "\n")
+    return text
 
 
 def machine():
@@ -398,7 +531,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stages", nargs="*", default=[],
                    choices=["mix", "test", "ano", "crackforest", "oneclass", "ksweep",
-                            "coreset_sweep"])
+                            "coreset_sweep", "coreset_share"])
     p.add_argument("--methods", nargs="*", default=ALL, choices=ALL)
     p.add_argument("--oneclass-ratio", type=float, default=0.25,
                    help="coreset ratio of both PatchCluster and PatchCore in the one-class stage")
@@ -406,7 +539,9 @@ def main(argv=None):
                    help="stratified random subset of the setting's images (seed 0)")
     p.add_argument("--sweep-setting", default="ano", choices=["mix", "test", "ano"])
     p.add_argument("--k-values", type=int, nargs="*", default=[1, 5, 25, 50, 100, 200])
-    p.add_argument("--ratios", type=float, nargs="*", default=[0.01, 0.1])
+    p.add_argument("--ratios", type=float, nargs="*", default=[0.01, 0.1, 0.25])
+    p.add_argument("--share-settings", nargs="*", default=["mix", "test", "ano"],
+                   choices=["mix", "test", "ano"], help="settings of the coreset_share stage")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", action="store_true")
     args = p.parse_args(argv)
@@ -427,8 +562,10 @@ def main(argv=None):
             stage_ksweep(args)
         elif stage == "coreset_sweep":
             stage_coreset_sweep(args)
+        elif stage == "coreset_share":
+            stage_coreset_share(args)
     if args.report:
-        print(report(None))
+        print(report(RESULTS / "patchcluster.md"))
 
 
 if __name__ == "__main__":
