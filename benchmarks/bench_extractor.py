@@ -95,9 +95,10 @@ def bench_one(backbone, weights, size, threads, X, repeats, batch_size):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-images", type=int, default=16)
+    parser.add_argument("--n-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v),
+                        default="auto", help="'auto' (the extractor's default) or an int")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--backbones", nargs="+", default=[b for b, _, _ in BACKBONES])
