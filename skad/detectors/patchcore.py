@@ -139,6 +139,13 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
       eq. 7); ``b`` is clipped to the bank size.
     - Memory: the full bank ``4 * n * h * w * C`` bytes during fit (209 bottle images
       x 784 patches x 152 channels: 100 MB), ``coreset_ratio`` of it afterwards.
+    - Search: the paper searches exactly (faiss flat). Here banks of at least
+      ``approx_threshold`` rows use a faiss IVF index by default, an approximation
+      that can only raise a patch's score; on bottle at 10 % it matched the exact
+      search's image AUROC, pixel AUROC and PRO to 4 decimals at a tenth of the
+      predict time. ``nn_method="exact"`` restores the paper's search.
+    - Coreset: exact greedy selection (same picks as the naive loop), computed in
+      lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`).
 
     References
     ----------
