@@ -103,7 +103,7 @@ class NeighborIndex:
     def _approx(self, q, k):
         """(distances, indices) of the approximate search; -1 / inf where none was found."""
         if self.method_ == "ivf":
-            _faiss()
+            _faiss()  # thread count follows torch's current setting
             self._ivf.nprobe = int(min(self.n_probe, self.n_lists_))
             d2, idx = self._ivf.search(q, int(k))
             dist = np.sqrt(np.maximum(d2, 0.0), dtype=np.float32)

@@ -195,7 +195,7 @@ def greedy_coreset(
         cent = (Xb * valid[..., None]).sum(1) / cnt  # z_b
         rad = ((Xb - cent[:, None]).norm(dim=-1) * valid).amax(1)  # r_b
         # slack for the float rounding of expanded squared distances in the bound
-        scale = float(sq.amax().sqrt()) if n else 0.0
+        scale = float(sq.amax().sqrt())
         rad = rad * (1 + 1e-4) + 1e-4 * (1.0 + scale)
         flat_order = order.reshape(-1)
         flat_pos = torch.empty(n, dtype=torch.int64, device=dev)
@@ -245,7 +245,5 @@ def greedy_coreset(
                 d2 = torch.addmv(sqc, Zc, c, alpha=-2.0).add_(torch.dot(c, c))
                 torch.minimum(cv, d2, out=cv)
                 cv[j] = -float("inf")
-            if not pending:  # pragma: no cover - m >= 1 always yields a pick
-                raise RuntimeError("greedy_coreset: no candidate left")
         idx = flat_order[torch.tensor(selected, dtype=torch.int64, device=dev)]
     return idx.cpu().numpy()
