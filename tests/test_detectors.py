@@ -108,7 +108,13 @@ def test_patchcore_approx_method_records_choice():
     det = PatchCore(coreset_ratio=1.0, approx_threshold=10_000).fit(X_train)
     assert det.nn_method_ == "exact"
     n_bank = len(det.memory_bank_)
-    ivf = PatchCore(coreset_ratio=1.0, approx_threshold=n_bank, n_probe=10**6).fit(X_train)
+    cells = PatchCore(coreset_ratio=1.0, approx_threshold=n_bank, device="cpu").fit(X_train)
+    assert cells.nn_method_ == "cells"
+    # approximate: never below the exact distance, mostly equal
+    a_cells, a_exact = cells.anomaly_map(X_test), det.anomaly_map(X_test)
+    assert (cells._score(X_test)[1] >= det._score(X_test)[1] - 1e-5).all()
+    assert np.mean(np.isclose(a_cells, a_exact, rtol=1e-4, atol=1e-4)) > 0.5
+    ivf = PatchCore(coreset_ratio=1.0, nn_method="ivf", n_probe=10**6).fit(X_train)
     assert ivf.nn_method_ == "ivf"
     # every list probed: the IVF search is exact
     np.testing.assert_allclose(ivf.anomaly_map(X_test), det.anomaly_map(X_test), rtol=1e-4,

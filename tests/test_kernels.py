@@ -166,6 +166,75 @@ def test_ivf_group_exclusion_completes_short_rows_exactly():
     np.testing.assert_allclose(d, d_x, rtol=1e-5)
 
 
+
+def _clustered(seed, n_bank=3000, n_query=300, d=12):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(20, d)) * 5
+    bank = (centers[rng.integers(0, 20, n_bank)] + rng.normal(size=(n_bank, d)))
+    q = centers[rng.integers(0, 20, n_query)] + rng.normal(size=(n_query, d))
+    return bank.astype(np.float32), q.astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_cells_index_exact_with_complete_lists_and_pickles(k):
+    bank, q = _clustered(10)
+    d_b, i_b = _brute_knn(q, bank, k)
+    # every row's neighbours are the whole bank: each cell lists every row
+    full = build_index(bank, method="cells", n_lists=8, n_list_neighbors=len(bank),
+                       random_state=0)
+    assert full.method_ == "cells" and full.n_lists_ == 8
+    d, i = full.query(q, k)
+    np.testing.assert_array_equal(i, i_b)
+    np.testing.assert_allclose(d, d_b, rtol=1e-4, atol=1e-4)
+    # one cell: exact as well
+    one = build_index(bank, method="cells", n_lists=1, n_list_neighbors=0, random_state=0)
+    np.testing.assert_array_equal(one.query(q, k)[1], i_b)
+    restored = pickle.loads(pickle.dumps(full))
+    np.testing.assert_array_equal(restored.query(q, k)[1], i)
+
+
+def test_cells_index_approximate_never_below_exact_and_batch_independent():
+    bank, q = _clustered(11)
+    d_b, i_b = _brute_knn(q, bank, 5)
+    cells = build_index(bank, method="cells", n_list_neighbors=4, random_state=0)
+    assert cells.n_lists_ == round(np.sqrt(len(bank)))
+    d, i = cells.query(q, 5)
+    assert np.all(d >= d_b - 1e-4)
+    assert np.all(np.diff(d, axis=1) >= 0)
+    # distances are exact to the rows returned
+    np.testing.assert_allclose(d, np.linalg.norm(q[:, None] - bank[i], axis=-1), rtol=1e-5,
+                               atol=1e-5)
+    assert np.mean(i[:, 0] == i_b[:, 0]) >= 0.85
+    # more neighbours in the lists: recall does not drop
+    more = build_index(bank, method="cells", n_list_neighbors=32, random_state=0)
+    assert np.mean(more.query(q, 1)[1][:, 0] == i_b[:, 0]) > np.mean(i[:, 0] == i_b[:, 0])
+    # a row's result does not depend on the other rows of the batch
+    d1, i1 = cells.query(q, 1)
+    for r in (0, 17, 299):
+        dr, ir = cells.query(q[r:r + 1], 1)
+        assert ir[0, 0] == i1[r, 0] and dr[0, 0] == pytest.approx(d1[r, 0], rel=1e-6)
+
+
+def test_cells_index_groups_and_short_lists_complete_exactly():
+    rng = np.random.default_rng(12)
+    centers = rng.normal(size=(10, 6)) * 20
+    labels = np.repeat(np.arange(10), 100)
+    bank = (centers[labels] + rng.normal(size=(1000, 6))).astype(np.float32)
+    q = bank[::50] + 0.01
+    qg = labels[::50]
+    cells = build_index(bank, method="cells", n_lists=10, n_list_neighbors=0, random_state=0)
+    d, i = cells.query(q, 2, query_groups=qg, bank_groups=labels)
+    d_x, _ = knn_search(q, bank, 2, query_groups=qg, bank_groups=labels)
+    assert not np.any(labels[i] == qg[:, None])
+    assert np.all(d >= d_x - 1e-4)
+    # k larger than every list: each row is completed by the exact search
+    k = int(np.diff(cells._cells["offsets"]).max()) + 1
+    d, i = cells.query(q, k)
+    np.testing.assert_array_equal(i, _brute_knn(q, bank, k)[1])
+    with pytest.raises(ValueError, match="n_list_neighbors"):
+        build_index(bank, method="cells", n_list_neighbors=-1)
+
+
 def _naive_greedy(X, n_select, seed, projection_dim=128):
     rng = check_random_state(seed)
     Z = random_projection(X, projection_dim, random_state=rng).numpy().astype(np.float64)
