@@ -1,15 +1,17 @@
-"""Nearest-neighbour index: exact chunked search, a faiss IVF index, or a pynndescent graph.
+"""Nearest-neighbour index: exact chunked search, candidate-list "cells", faiss IVF, pynndescent.
 
 :func:`build_index` returns a :class:`NeighborIndex` whose ``method_`` records the
-search actually used ("exact", "ivf" or "nndescent"); nothing switches silently
-afterwards.
+search actually used ("exact", "cells", "ivf" or "nndescent"); nothing switches
+silently afterwards.
 
-Why faiss IVF for "auto": on PatchCore's 10 % bottle bank (16.4k x 152, 2 cores) an
-inverted file with ``2 sqrt(n)`` lists and 8 probes finds the exact nearest
-neighbour for 99.7 % of the test patches (mean distance ratio 1.0001) at about
-8 ms per image (784 patches), against 95 ms for the exact search, and builds in
-0.2 s; pynndescent reached recall 0.85 at 5 ms per image after a 55 s build
-(``benchmarks/results/bottle_baselines.md``).
+Measured on PatchCore's 10 % bottle bank (16.4k x 152, 2 cores, 65k test patches;
+``benchmarks/results/bottle_baselines.md``): "cells" (128 cells, 32 list neighbours)
+finds the exact nearest neighbour of 98.8 % of the test patches at about 1.5-2 ms
+per image (784 patches) after a 1 s build; faiss IVF (256 lists, 8 probes) 99.7 %
+at about 5-8 ms (it scans list by list per query; "cells" ranks a whole cell's
+queries with one matrix product); pynndescent 85 % at 5 ms after a 55 s build;
+the exact search 85-95 ms. "auto" keeps faiss IVF for very large banks (its
+memory is the bank's; "cells" holds each row 2-4 times).
 """
 
 from __future__ import annotations
@@ -41,14 +43,30 @@ def _faiss():
     return faiss
 
 
+#: dimensions of the principal subspace in which "cells" assigns queries to cells
+CELL_ASSIGN_DIM = 32
+
+
+def _assign(x, cells):
+    """Cell of each row of ``x``: nearest centroid in the principal subspace."""
+    proj, shift, caug = cells["proj"], cells["shift"], cells["centroids_aug"]
+    out = np.empty(len(x), np.int64)
+    for i in range(0, len(x), 4096):  # bounded (rows x n_lists) products
+        z = x[i:i + 4096] if proj is None else x[i:i + 4096] @ proj - shift
+        out[i:i + 4096] = (z @ caug[:-1] + caug[-1]).argmin(axis=1)
+    return out
+
+
 def _build_cells(bank, n_lists, n_neighbors, seed):
     """Candidate lists of the "cells" search (see :func:`build_index`).
 
-    k-means cells (faiss), then each cell's list: its own rows and the
-    ``n_neighbors`` nearest bank rows of each of them (found with a faiss IVF search
-    at 8 probes; they only decide which rows a list holds, never a returned
-    distance). Each list is stored as ``[-2 B^T; ||b||^2]`` so that one matrix
-    product ranks a cell's queries against it.
+    k-means cells (faiss), rows assigned to the nearest centroid in the bank's
+    ``CELL_ASSIGN_DIM``-dimensional principal subspace (queries are assigned the
+    same way, at a fifth of the cost on 152 channels); each cell's list holds its
+    own rows and the ``n_neighbors`` nearest bank rows of each of them (found with a
+    faiss IVF search at 8 probes; they only decide which rows a list holds, never a
+    returned distance). A list is stored as ``-2 B^T`` and ``||b||^2`` so that one
+    matrix product ranks a cell's queries against it.
     """
     faiss = _faiss()
     n, d = bank.shape
@@ -59,27 +77,36 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
     ivf.train(bank)
     ivf.add(bank)
     centroids = quantizer.reconstruct_n(0, n_lists)
-    cell = quantizer.search(bank, 1)[1][:, 0].astype(np.int64)
-    cells, rows = [cell], [np.arange(n, dtype=np.int64)]
+    proj = shift = None
+    if d > CELL_ASSIGN_DIM:
+        mean = bank.mean(axis=0, dtype=np.float64)
+        cov = np.cov(bank, rowvar=False, dtype=np.float64)
+        proj = np.ascontiguousarray(np.linalg.eigh(cov)[1][:, ::-1][:, :CELL_ASSIGN_DIM],
+                                    dtype=np.float32)
+        shift = (mean @ proj).astype(np.float32)
+        centroids = centroids @ proj - shift
+    cells = {"proj": proj, "shift": shift, "centroids_aug": np.ascontiguousarray(
+        np.vstack([-2.0 * centroids.T, np.einsum("ij,ij->i", centroids, centroids)[None]]),
+        dtype=np.float32)}
+    cell = _assign(bank, cells)
+    parts, rows = [cell], [np.arange(n, dtype=np.int64)]
     t = min(int(n_neighbors), n - 1)
     if t > 0:
         ivf.nprobe = min(8, n_lists)
         nn = ivf.search(bank, t + 1)[1]  # the row itself comes first: t others follow
-        cells.append(np.repeat(cell, t + 1))
+        parts.append(np.repeat(cell, t + 1))
         rows.append(nn.ravel().astype(np.int64))
-    cells, rows = np.concatenate(cells), np.concatenate(rows)
-    key = np.unique(cells[rows >= 0] * n + rows[rows >= 0])  # sorted by cell, then row
+    parts, rows = np.concatenate(parts), np.concatenate(rows)
+    key = np.unique(parts[rows >= 0] * n + rows[rows >= 0])  # sorted by cell, then row
     ids = key % n
     offsets = np.searchsorted(key // n, np.arange(n_lists + 1))
-    blocks = []
+    blocks, norms = [], []
     for c in range(n_lists):
         b = bank[ids[offsets[c]:offsets[c + 1]]]
-        blocks.append(np.ascontiguousarray(
-            np.vstack([-2.0 * b.T, np.einsum("ij,ij->i", b, b)[None]]), dtype=np.float32))
-    centroids_aug = np.ascontiguousarray(
-        np.vstack([-2.0 * centroids.T, np.einsum("ij,ij->i", centroids, centroids)[None]]),
-        dtype=np.float32)
-    return {"centroids_aug": centroids_aug, "ids": ids, "offsets": offsets, "blocks": blocks}
+        blocks.append(np.ascontiguousarray(-2.0 * b.T, dtype=np.float32))
+        norms.append(np.einsum("ij,ij->i", b, b).astype(np.float32))
+    cells.update(ids=ids, offsets=offsets, blocks=blocks, norms=norms)
+    return cells
 
 
 def _row_distances(q, bank, idx, budget):
@@ -102,25 +129,19 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
     """
     budget = int((DEFAULT_WORKING_MEMORY if working_memory is None else working_memory)
                  * 2**20)
-    caug, blocks, offsets, ids = (cells["centroids_aug"], cells["blocks"], cells["offsets"],
-                                  cells["ids"])
+    blocks, norms, offsets, ids = cells["blocks"], cells["norms"], cells["offsets"], cells["ids"]
     m, d = q.shape
     n_lists = len(blocks)
     idx = np.full((m, k), -1, np.int64)
     dist = np.full((m, k), np.inf, np.float32)
-    # queries per chunk: two (rows x (d + 1)) copies; cells assigned 4096 rows at a time
-    chunk = max(256, budget // (8 * (d + 1)))
+    chunk = max(256, budget // (4 * d))  # queries per chunk (one sorted copy of them)
     with blas_threads():
         for qs in range(0, m, chunk):
             qe = min(m, qs + chunk)
-            xa = np.empty((qe - qs, d + 1), np.float32)
-            xa[:, :d] = q[qs:qe]
-            xa[:, d] = 1.0
-            cell = np.concatenate([(xa[i:i + 4096] @ caug).argmin(axis=1)
-                                   for i in range(0, len(xa), 4096)])
+            cell = _assign(q[qs:qe], cells)
             order = np.argsort(cell, kind="stable")
             bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=n_lists))])
-            xg = xa[order]
+            xg = q[qs:qe][order]
             qg = None if query_groups is None else query_groups[qs:qe][order]
             found = np.full((qe - qs, k), -1, np.int64)
             fdist = np.full((qe - qs, k), np.inf, np.float32)
@@ -135,6 +156,7 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
                     e = min(bounds[c + 1], s + step)
                     # ||b||^2 - 2 q.b ranks each row's candidates (||q||^2 is constant)
                     dist2 = xg[s:e] @ block
+                    dist2 += norms[c]
                     if qg is not None:
                         dist2[bank_groups[cand][None, :] == qg[s:e, None]] = np.inf
                     kk = min(k, nb)
@@ -148,7 +170,7 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
                     found[s:e, :kk] = np.where(ok, cand[part], -1)
                     if k == 1:  # exact distances while the rows are in cache
                         win = np.maximum(found[s:e, 0], 0)
-                        diff = xg[s:e, :d] - bank[win]
+                        diff = xg[s:e] - bank[win]
                         fd = np.sqrt(np.einsum("ij,ij->i", diff, diff))
                         fdist[s:e, 0] = np.where(ok[:, 0], fd, np.inf)
             idx[qs + order] = found
@@ -166,7 +188,7 @@ class NeighborIndex:
     Attributes
     ----------
     bank_ : ndarray of float32, shape (n, d)
-    method_ : {"exact", "ivf", "nndescent"}
+    method_ : {"exact", "cells", "ivf", "nndescent"}
         The search used by :meth:`query`.
     n_lists_ : int or None
         Inverted lists of the IVF index (``method_ == "ivf"``).
@@ -371,6 +393,9 @@ def build_index(bank, *, method="auto", approx_threshold=DEFAULT_APPROX_THRESHOL
     >>> index = build_index(bank, method="ivf", random_state=0)
     >>> index.method_, index.n_lists_, index.query(bank[:3], k=1)[1].ravel().tolist()
     ('ivf', 51, [0, 1, 2])
+    >>> index = build_index(bank, method="cells", random_state=0)
+    >>> index.method_, index.n_lists_, index.query(bank[:3], k=1)[1].ravel().tolist()
+    ('cells', 45, [0, 1, 2])
     """
     if method not in ("auto", "exact") + APPROX_METHODS:
         raise ValueError(
