@@ -51,9 +51,9 @@ def _assign(x, cells):
     """Cell of each row of ``x``: nearest centroid in the principal subspace."""
     proj, shift, caug = cells["proj"], cells["shift"], cells["centroids_aug"]
     out = np.empty(len(x), np.int64)
-    for i in range(0, len(x), 4096):  # bounded (rows x n_lists) products
-        z = x[i:i + 4096] if proj is None else x[i:i + 4096] @ proj - shift
-        out[i:i + 4096] = (z @ caug[:-1] + caug[-1]).argmin(axis=1)
+    for i in range(0, len(x), 16384):  # bounded (rows x n_lists) products
+        z = x[i:i + 16384] if proj is None else x[i:i + 16384] @ proj - shift
+        out[i:i + 16384] = (z @ caug[:-1] + caug[-1]).argmin(axis=1)
     return out
 
 
