@@ -88,8 +88,12 @@ def cached_features(images, key, **extractor_params):
     return np.load(path)
 
 
-def backbone_speed(images, n_images=32, repeats=2, **extractor_params):
-    """Forward images/s of the extractor (best of ``repeats`` over ``n_images`` images)."""
+def backbone_speed(images, n_images=32, repeats=5, **extractor_params):
+    """Forward images/s of the extractor (best of ``repeats`` over ``n_images`` images).
+
+    Best-of timings: this shared 2-core machine's timings of one workload vary by
+    up to ~30 % from run to run; the minimum is the repeatable figure.
+    """
     ext = _extractor(**extractor_params).fit(images[:1])
     ext.transform(images[:2])  # warm-up
     best = np.inf
@@ -101,12 +105,13 @@ def backbone_speed(images, n_images=32, repeats=2, **extractor_params):
 
 
 def evaluate(detector, train_feats, test_feats, test_labels, test_masks, *,
-             n_images_for_speed=None, repeats=2):
+             n_images_for_speed=None, repeats=5, max_seconds=20.0):
     """Fit on ``train_feats``, score ``test_feats``; accuracy and timings.
 
     Predict time covers ``score_and_map`` with upsampling to the mask size and the
     detector's Gaussian smoothing (everything after the backbone), best of
-    ``repeats`` runs over ``n_images_for_speed`` test images (default: all).
+    ``repeats`` runs over ``n_images_for_speed`` test images (default: all), fewer
+    (at least 2) once ``max_seconds`` of timed runs have passed.
     """
     from skad.metrics import image_auroc, pixel_ap, pixel_auroc, pro_score
 
@@ -117,10 +122,14 @@ def evaluate(detector, train_feats, test_feats, test_labels, test_masks, *,
     scores, maps = detector.score_and_map(test_feats, output_size=out_size)
     n = len(test_feats) if n_images_for_speed is None else int(n_images_for_speed)
     best = np.inf
-    for _ in range(repeats):
+    spent = 0.0
+    for i in range(repeats):
+        if i >= 2 and spent > max_seconds:
+            break
         t = time.perf_counter()
         detector.score_and_map(test_feats[:n], output_size=out_size)
         best = min(best, time.perf_counter() - t)
+        spent += time.perf_counter() - t
     return {
         "image_auroc": float(image_auroc(test_labels, scores)),
         "pixel_auroc": float(pixel_auroc(test_masks, maps)),

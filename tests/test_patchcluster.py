@@ -54,6 +54,18 @@ def test_training_maps_match_brute_force(exclude):
     np.testing.assert_allclose(det.anomaly_map(X), expected, rtol=1e-4, atol=atol)
 
 
+
+@pytest.mark.parametrize("exclude", ["self", "image"])
+def test_cells_search_with_exclusion(exclude):
+    X = _normal_maps(n=40, c=6, h=4, w=4)
+    det = PatchCluster(n_neighbors=4, exclude=exclude, nn_method="cells",
+                       random_state=0).fit(X)
+    assert det.nn_method_ == "cells"
+    expected = _brute_patch_scores(X, 4, exclude)
+    # approximate: never below the brute-force mean distance, and mostly equal to it
+    assert np.all(det.train_maps_ >= expected - 1e-5)
+    assert np.mean(np.isclose(det.train_maps_, expected, rtol=1e-4, atol=1e-5)) > 0.9
+
 def test_self_match_never_counted():
     X = _normal_maps()
     det = PatchCluster(n_neighbors=1, exclude="self", reweight=None).fit(X)

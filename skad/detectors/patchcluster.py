@@ -103,11 +103,12 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         implementation), capped at the number of eligible bank entries.
     projection_dim : int or None, default=128
         Random projection used to speed up the greedy coreset (None: no projection).
-    nn_method : {"auto", "exact", "ivf", "nndescent"}, default="auto"
+    nn_method : {"auto", "exact", "cells", "ivf", "nndescent"}, default="auto"
         Nearest-neighbour search over the bank: "exact" (chunked brute force),
-        "ivf" (a faiss inverted-file index) or "nndescent" (a pynndescent graph),
-        both with exclusion by over-querying and filtering, or "auto" ("ivf" from
-        1,000,000 bank patches). ``nn_method_`` records the search used (as
+        "cells" (candidate lists per k-means cell, own-image rows skipped inside
+        them), "ivf" (a faiss inverted-file index) or "nndescent" (a pynndescent
+        graph), the last two with exclusion by over-querying and filtering, or
+        "auto" ("ivf" from 1,000,000 bank patches). ``nn_method_`` records the search used (as
         :class:`~skad.detectors.PatchCore`).
     device : {"auto", "cpu", "cuda"}, default="auto"
         Where the neighbour search and coreset run ("auto": CUDA when available).
@@ -131,7 +132,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         image ``i`` is row ``i * h * w + p``).
     n_neighbors_ : int
         K actually used.
-    nn_method_ : {"exact", "ivf", "nndescent"}
+    nn_method_ : {"exact", "cells", "ivf", "nndescent"}
         Nearest-neighbour search used.
     train_maps_ : ndarray of float32, shape (n_samples, h, w)
         Patch anomaly scores (eq. 2) of the training set, with the exclusion.
@@ -235,7 +236,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         "reweight": [StrOptions({"mean", "nearest"}), None],
         "n_reweight_neighbors": [Interval(Integral, 1, None, closed="left")],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
-        "nn_method": [StrOptions({"auto", "exact", "ivf", "nndescent"})],
+        "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
         "device": [StrOptions({"auto", "cpu", "cuda"})],
         "random_state": ["random_state"],
     }

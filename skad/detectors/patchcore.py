@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels import patch_rows
 from .._kernels.ann import build_index
+from .._kernels.blas import blas_threads
 from .._kernels.coreset import greedy_coreset
 from .._kernels.knn import knn_search, resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
@@ -21,7 +22,7 @@ PATCHCORE_APPROX_THRESHOLD = 10_000
 
 
 def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_neighbors,
-                            *, device=None):
+                            *, device=None, bank_t=None):
     """PatchCore's image score (Roth et al. 2021, eq. 7) from per-patch results.
 
     ``s = (1 - exp||m_test* - m*|| / sum_{m in N_b(m*)} exp||m_test* - m||) * s*``
@@ -40,6 +41,9 @@ def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_ne
     n_neighbors : int
         ``b``; clipped to the bank size.
     device : {"auto", "cpu", "cuda"}, torch.device or None
+    bank_t : ndarray of float32, shape (C, M), optional
+        ``-2 bank.T`` (C-contiguous): ``N_b(m*)`` is then found with one numpy
+        product on the CPU instead of :func:`~skad._kernels.knn.knn_search`.
 
     Returns
     -------
@@ -62,12 +66,19 @@ def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_ne
     m_test = patch_features[rows, arg]  # m_test*
     m_star = bank[nn_indices[rows, arg]]  # m*
     b = int(min(n_neighbors, len(bank)))
-    _, support = knn_search(m_star, bank, b, device=device)  # N_b(m*)
+    if bank_t is None:
+        _, support = knn_search(m_star, bank, b, device=device)  # N_b(m*)
+    else:
+        with blas_threads():
+            d2 = m_star @ bank_t
+        d2 += np.einsum("ij,ij->i", bank, bank)
+        support = (np.argpartition(d2, b - 1, axis=1)[:, :b] if b < len(bank)
+                   else np.broadcast_to(np.arange(len(bank)), (n, b)))
     dist = np.linalg.norm(bank[support] - m_test[:, None, :], axis=2).astype(np.float64)
-    # softmax over the support set, in a numerically stable form
-    dist -= dist.max(axis=1, keepdims=True)
-    w = np.exp(dist)
-    weight = 1.0 - w[:, 0] / w.sum(axis=1)
+    d_star = np.linalg.norm(m_star - m_test, axis=1).astype(np.float64)
+    # softmax over the support set (m* is in it), in a numerically stable form
+    top = dist.max(axis=1)
+    weight = 1.0 - np.exp(d_star - top) / np.exp(dist - top[:, None]).sum(axis=1)
     return (weight * s_star).astype(np.float32)
 
 
@@ -246,23 +257,65 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
     def _device(self):
         return resolve_device(self.device)
 
+    def _search(self, rows, image_ids, exclude_own_image):
+        """Nearest bank row of each patch row (distance, index), per the exclusions."""
+        search = self.index_.query
+        if exclude_own_image:
+            dist, nn = search(rows, 1, query_groups=image_ids,
+                              bank_groups=self.bank_image_ids_)
+        elif self.exclude_self:
+            dist, nn = search(rows, 2)
+            dist, nn = dist[:, 1:], nn[:, 1:]
+        else:
+            dist, nn = search(rows, 1)
+        return dist[:, 0], nn[:, 0]
+
+    def _exact_few(self, q, image_ids, exclude_own_image, bank_t, bank_norms):
+        """Exact :meth:`_search` for a few rows, one matrix product against the bank."""
+        with blas_threads():
+            d2 = q @ bank_t
+        d2 += bank_norms
+        if exclude_own_image:
+            d2[self.bank_image_ids_[None, :] == image_ids[:, None]] = np.inf
+        if self.exclude_self:  # the second nearest row
+            two = np.argpartition(d2, 1, axis=1)[:, :2]
+            first = np.take_along_axis(d2, two, 1).argmin(axis=1)
+            nn = two[np.arange(len(q)), 1 - first]
+        else:
+            nn = d2.argmin(axis=1)
+        diff = q - self.memory_bank_[nn]
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff)), nn
+
     def _patch_scores(self, X, exclude_own_image):
         n, c, h, w = X.shape
         rows = patch_rows(X)
-        index = self.index_
-        if exclude_own_image:
-            qg = np.repeat(np.arange(n, dtype=np.int64), h * w)
-            dist, nn = index.query(rows, 1, query_groups=qg, bank_groups=self.bank_image_ids_)
-        elif self.exclude_self:
-            dist, nn = index.query(rows, 2)
-            dist, nn = dist[:, 1:], nn[:, 1:]
-        else:
-            dist, nn = index.query(rows, 1)
-        scores = dist[:, 0].reshape(n, h * w)  # s_i = min_m ||m_test_i - m|| (eq. 6)
-        nn = nn[:, 0].reshape(n, h * w)
+        image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
+        dist, nn = self._search(rows, image_ids, exclude_own_image)
+        scores = dist.reshape(n, h * w)  # s_i = min_m ||m_test_i - m|| (eq. 6)
+        nn = nn.reshape(n, h * w)
+        bank_t = None
+        if self.nn_method_ != "exact":
+            # The image score needs the largest patch score exactly. An approximate
+            # score is never below the exact one, so the highest-scoring patch is
+            # searched exactly until it is one already searched exactly: then no
+            # other patch can score higher.
+            bank = self.memory_bank_
+            bank_t = np.ascontiguousarray(-2.0 * bank.T)
+            bank_norms = np.einsum("ij,ij->i", bank, bank)
+            done = np.zeros(scores.shape, bool)
+            images = np.arange(n)
+            while True:
+                top = scores.argmax(axis=1)
+                todo = ~done[images, top]
+                if not todo.any():
+                    break
+                r, p = images[todo], top[todo]
+                scores[r, p], nn[r, p] = self._exact_few(
+                    rows[r * h * w + p], r, exclude_own_image, bank_t, bank_norms)
+                done[r, p] = True
         image = reweighted_image_scores(
             scores, rows.reshape(n, h * w, c), nn, self.memory_bank_, self.n_neighbors,
-            device=self._device(),
+            device=self._device(), bank_t=bank_t,
         )
         return image, scores.reshape(n, h, w)
 
