@@ -158,8 +158,11 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
       ("cells"), which can only raise a patch's score (distances are exact to the
       row found); on bottle at 10 % it finds the exact nearest neighbour of 98.8 %
       of the test patches and gives the exact search's image AUROC, pixel AUROC and
-      PRO (``benchmarks/results/bottle_baselines.md``). ``nn_method="exact"``
-      restores the paper's search; on a GPU "auto" searches exactly.
+      PRO (``benchmarks/results/bottle_baselines.md``). Image scores stay exact:
+      approximate scores are upper bounds, so each image's highest-scoring patch is
+      searched exactly until it is one already searched exactly (on bottle: 1 to 12
+      rounds of at most one patch per image). ``nn_method="exact"`` restores the
+      paper's search for the maps too; on a GPU "auto" searches exactly.
     - Coreset: exact greedy selection (same picks as the naive loop), computed in
       lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`).
 
