@@ -217,8 +217,9 @@ class PatchDetectorMixin:
             ndim = None
         if ndim is None or ndim >= 3 or _is_path_sequence(X):
             # images, paths or patch tensors: check_patches gives the skad error
-            X4 = check_patches(X)
-            validate_data(self, X4, reset=reset, allow_nd=True, dtype=np.float32)
+            X4 = check_patches(X)  # checks finiteness: not repeated below
+            validate_data(self, X4, reset=reset, allow_nd=True, dtype=np.float32,
+                          ensure_all_finite=False)
         else:
             X2 = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
             X4 = np.ascontiguousarray(X2, dtype=np.float32)[:, :, None, None]
