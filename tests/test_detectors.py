@@ -114,6 +114,10 @@ def test_patchcore_approx_method_records_choice():
     a_cells, a_exact = cells.anomaly_map(X_test), det.anomaly_map(X_test)
     assert (cells._score(X_test)[1] >= det._score(X_test)[1] - 1e-5).all()
     assert np.mean(np.isclose(a_cells, a_exact, rtol=1e-4, atol=1e-4)) > 0.5
+    # image scores: the top patches are searched exactly, so they equal the exact ones
+    np.testing.assert_allclose(cells.anomaly_score(X_test), det.anomaly_score(X_test),
+                               rtol=1e-5)
+    np.testing.assert_allclose(cells.offset_, det.offset_, rtol=1e-5)
     ivf = PatchCore(coreset_ratio=1.0, nn_method="ivf", n_probe=10**6).fit(X_train)
     assert ivf.nn_method_ == "ivf"
     # every list probed: the IVF search is exact

@@ -160,8 +160,8 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
       of the test patches and gives the exact search's image AUROC, pixel AUROC and
       PRO (``benchmarks/results/bottle_baselines.md``). Image scores stay exact:
       approximate scores are upper bounds, so each image's highest-scoring patch is
-      searched exactly until it is one already searched exactly (on bottle: 1 to 12
-      rounds of at most one patch per image). ``nn_method="exact"`` restores the
+      searched exactly until it is one already searched exactly (on bottle: 11
+      rounds, 124 rows for 83 images). ``nn_method="exact"`` restores the
       paper's search for the maps too; on a GPU "auto" searches exactly.
     - Coreset: exact greedy selection (same picks as the naive loop), computed in
       lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`).
@@ -274,20 +274,25 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         return dist[:, 0], nn[:, 0]
 
     def _exact_few(self, q, image_ids, exclude_own_image, bank_t, bank_norms):
-        """Exact :meth:`_search` for a few rows, one matrix product against the bank."""
-        with blas_threads():
-            d2 = q @ bank_t
-        d2 += bank_norms
-        if exclude_own_image:
-            d2[self.bank_image_ids_[None, :] == image_ids[:, None]] = np.inf
-        if self.exclude_self:  # the second nearest row
-            two = np.argpartition(d2, 1, axis=1)[:, :2]
-            first = np.take_along_axis(d2, two, 1).argmin(axis=1)
-            nn = two[np.arange(len(q)), 1 - first]
-        else:
-            nn = d2.argmin(axis=1)
-        diff = q - self.memory_bank_[nn]
-        return np.sqrt(np.einsum("ij,ij->i", diff, diff)), nn
+        """Exact :meth:`_search` for a few rows: matrix products against the bank."""
+        dist = np.empty(len(q), np.float32)
+        nn = np.empty(len(q), np.int64)
+        for s in range(0, len(q), 1024):  # bounded (rows x bank) blocks
+            e = min(len(q), s + 1024)
+            with blas_threads():
+                d2 = q[s:e] @ bank_t
+            d2 += bank_norms
+            if exclude_own_image:
+                d2[self.bank_image_ids_[None, :] == image_ids[s:e, None]] = np.inf
+            if self.exclude_self:  # the second nearest row
+                two = np.argpartition(d2, 1, axis=1)[:, :2]
+                first = np.take_along_axis(d2, two, 1).argmin(axis=1)
+                nn[s:e] = two[np.arange(e - s), 1 - first]
+            else:
+                nn[s:e] = d2.argmin(axis=1)
+            diff = q[s:e] - self.memory_bank_[nn[s:e]]
+            dist[s:e] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        return dist, nn
 
     def _patch_scores(self, X, exclude_own_image):
         n, c, h, w = X.shape
@@ -298,10 +303,11 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         nn = nn.reshape(n, h * w)
         bank_t = None
         if self.nn_method_ != "exact":
-            # The image score needs the largest patch score exactly. An approximate
-            # score is never below the exact one, so the highest-scoring patch is
-            # searched exactly until it is one already searched exactly: then no
-            # other patch can score higher.
+            # The image score needs the largest patch score exactly. Approximate
+            # scores are upper bounds, so each image's top patch is searched exactly
+            # until the top patch is one already searched exactly: no other patch
+            # can then score higher. (Searching every patch above the first exact
+            # value at once took 752 rows on bottle, this loop 124 in 11 rounds.)
             bank = self.memory_bank_
             bank_t = np.ascontiguousarray(-2.0 * bank.T)
             bank_norms = np.einsum("ij,ij->i", bank, bank)
