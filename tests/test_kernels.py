@@ -150,13 +150,17 @@ def test_ivf_index_exact_when_all_lists_probed_and_pickles():
     np.testing.assert_array_equal(restored.query(q, 1)[1], few.query(q, 1)[1])
 
 
-def test_ivf_group_exclusion_completes_short_rows_exactly():
-    rng = np.random.default_rng(9)
+def _group_clusters(seed):
+    """10 well-separated clusters of 100 rows, group = cluster; queries from each."""
+    rng = np.random.default_rng(seed)
     centers = rng.normal(size=(10, 6)) * 20
     labels = np.repeat(np.arange(10), 100)
     bank = (centers[labels] + rng.normal(size=(1000, 6))).astype(np.float32)
-    q = bank[::50] + 0.01
-    qg = labels[::50]
+    return bank, labels, bank[::50] + 0.01, labels[::50]
+
+
+def test_ivf_group_exclusion_completes_short_rows_exactly():
+    bank, labels, q, qg = _group_clusters(9)
     # groups = clusters: with one probe the probed list holds only the query's own
     # group, so the approximate search finds nothing eligible; those rows are exact
     ivf = build_index(bank, method="ivf", n_lists=10, n_probe=1, random_state=0)
@@ -216,12 +220,7 @@ def test_cells_index_approximate_never_below_exact_and_batch_independent():
 
 
 def test_cells_index_groups_and_short_lists_complete_exactly():
-    rng = np.random.default_rng(12)
-    centers = rng.normal(size=(10, 6)) * 20
-    labels = np.repeat(np.arange(10), 100)
-    bank = (centers[labels] + rng.normal(size=(1000, 6))).astype(np.float32)
-    q = bank[::50] + 0.01
-    qg = labels[::50]
+    bank, labels, q, qg = _group_clusters(12)
     cells = build_index(bank, method="cells", n_lists=10, n_list_neighbors=0, random_state=0)
     d, i = cells.query(q, 2, query_groups=qg, bank_groups=labels)
     d_x, _ = knn_search(q, bank, 2, query_groups=qg, bank_groups=labels)

@@ -122,8 +122,8 @@ def _row_distances(q, bank, idx, budget):
     step = max(1, budget // (4 * k * q.shape[1]))
     for s in range(0, m, step):
         i = idx[s:s + step]
-        diff = q[s:s + step, None, :] - bank[np.maximum(i, 0)]
-        out[s:s + step] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        diff = (q[s:s + step, None, :] - bank[np.maximum(i, 0)]).reshape(-1, q.shape[1])
+        out[s:s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff)).reshape(len(i), k)
     out[idx < 0] = np.inf
     return out
 
@@ -165,12 +165,6 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
                     # ||b||^2 - 2 q.b ranks each row's candidates (||q||^2 is constant)
                     dist2 = xg[s:e] @ block
                     dist2 += norms[c]
-                    if k == 1 and qg is None:  # the common case, in fewer steps
-                        win = cand[dist2.argmin(axis=1)]
-                        found[s:e, 0] = win
-                        diff = xg[s:e] - bank[win]  # exact distance, rows in cache
-                        fdist[s:e, 0] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-                        continue
                     if qg is not None:
                         dist2[bank_groups[cand][None, :] == qg[s:e, None]] = np.inf
                     kk = min(k, nb)
@@ -180,13 +174,12 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
                         part = np.argpartition(dist2, kk - 1, axis=1)[:, :kk]
                     else:
                         part = np.broadcast_to(np.arange(nb), (e - s, nb))
-                    ok = np.isfinite(np.take_along_axis(dist2, part, 1))
-                    found[s:e, :kk] = np.where(ok, cand[part], -1)
+                    found[s:e, :kk] = cand[part]
+                    if qg is not None:  # all-excluded rows found nothing
+                        ok = np.isfinite(np.take_along_axis(dist2, part, 1))
+                        found[s:e, :kk] = np.where(ok, found[s:e, :kk], -1)
                     if k == 1:  # exact distances while the rows are in cache
-                        win = np.maximum(found[s:e, 0], 0)
-                        diff = xg[s:e] - bank[win]
-                        fd = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-                        fdist[s:e, 0] = np.where(ok[:, 0], fd, np.inf)
+                        fdist[s:e] = _row_distances(xg[s:e], bank, found[s:e], budget)
             idx[qs + order] = found
             dist[qs + order] = fdist
     if k > 1:

@@ -21,8 +21,22 @@ __all__ = ["PatchCore", "reweighted_image_scores"]
 PATCHCORE_APPROX_THRESHOLD = 10_000
 
 
+def _bank_products(bank):
+    """``(-2 bank^T, ||b||^2)``: what :func:`_rank_against_bank` needs, computed once."""
+    return np.ascontiguousarray(-2.0 * bank.T), np.einsum("ij,ij->i", bank, bank)
+
+
+def _rank_against_bank(q, bank_products):
+    """``||b||^2 - 2 q.b`` for every (row of ``q``, bank row): one numpy product."""
+    bank_t, bank_norms = bank_products
+    with blas_threads():
+        d2 = q @ bank_t
+    d2 += bank_norms
+    return d2
+
+
 def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_neighbors,
-                            *, device=None, bank_t=None):
+                            *, device=None, bank_products=None):
     """PatchCore's image score (Roth et al. 2021, eq. 7) from per-patch results.
 
     ``s = (1 - exp||m_test* - m*|| / sum_{m in N_b(m*)} exp||m_test* - m||) * s*``
@@ -41,9 +55,9 @@ def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_ne
     n_neighbors : int
         ``b``; clipped to the bank size.
     device : {"auto", "cpu", "cuda"}, torch.device or None
-    bank_t : ndarray of float32, shape (C, M), optional
-        ``-2 bank.T`` (C-contiguous): ``N_b(m*)`` is then found with one numpy
-        product on the CPU instead of :func:`~skad._kernels.knn.knn_search`.
+    bank_products : tuple, optional
+        ``_bank_products(bank)``: ``N_b(m*)`` is then found with one numpy product
+        on the CPU instead of :func:`~skad._kernels.knn.knn_search`.
 
     Returns
     -------
@@ -66,12 +80,10 @@ def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_ne
     m_test = patch_features[rows, arg]  # m_test*
     m_star = bank[nn_indices[rows, arg]]  # m*
     b = int(min(n_neighbors, len(bank)))
-    if bank_t is None:
+    if bank_products is None:
         _, support = knn_search(m_star, bank, b, device=device)  # N_b(m*)
     else:
-        with blas_threads():
-            d2 = m_star @ bank_t
-        d2 += np.einsum("ij,ij->i", bank, bank)
+        d2 = _rank_against_bank(m_star, bank_products)
         support = (np.argpartition(d2, b - 1, axis=1)[:, :b] if b < len(bank)
                    else np.broadcast_to(np.arange(len(bank)), (n, b)))
     dist = np.linalg.norm(bank[support] - m_test[:, None, :], axis=2).astype(np.float64)
@@ -273,15 +285,13 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
             dist, nn = search(rows, 1)
         return dist[:, 0], nn[:, 0]
 
-    def _exact_few(self, q, image_ids, exclude_own_image, bank_t, bank_norms):
+    def _exact_few(self, q, image_ids, exclude_own_image, bank_products):
         """Exact :meth:`_search` for a few rows: matrix products against the bank."""
         dist = np.empty(len(q), np.float32)
         nn = np.empty(len(q), np.int64)
         for s in range(0, len(q), 1024):  # bounded (rows x bank) blocks
             e = min(len(q), s + 1024)
-            with blas_threads():
-                d2 = q[s:e] @ bank_t
-            d2 += bank_norms
+            d2 = _rank_against_bank(q[s:e], bank_products)
             if exclude_own_image:
                 d2[self.bank_image_ids_[None, :] == image_ids[s:e, None]] = np.inf
             if self.exclude_self:  # the second nearest row
@@ -301,16 +311,14 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         dist, nn = self._search(rows, image_ids, exclude_own_image)
         scores = dist.reshape(n, h * w)  # s_i = min_m ||m_test_i - m|| (eq. 6)
         nn = nn.reshape(n, h * w)
-        bank_t = None
+        products = None
         if self.nn_method_ != "exact":
             # The image score needs the largest patch score exactly. Approximate
             # scores are upper bounds, so each image's top patch is searched exactly
             # until the top patch is one already searched exactly: no other patch
             # can then score higher. (Searching every patch above the first exact
             # value at once took 752 rows on bottle, this loop 124 in 11 rounds.)
-            bank = self.memory_bank_
-            bank_t = np.ascontiguousarray(-2.0 * bank.T)
-            bank_norms = np.einsum("ij,ij->i", bank, bank)
+            products = _bank_products(self.memory_bank_)
             done = np.zeros(scores.shape, bool)
             images = np.arange(n)
             while True:
@@ -320,11 +328,11 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
                     break
                 r, p = images[todo], top[todo]
                 scores[r, p], nn[r, p] = self._exact_few(
-                    rows[r * h * w + p], r, exclude_own_image, bank_t, bank_norms)
+                    rows[r * h * w + p], r, exclude_own_image, products)
                 done[r, p] = True
         image = reweighted_image_scores(
             scores, rows.reshape(n, h * w, c), nn, self.memory_bank_, self.n_neighbors,
-            device=self._device(), bank_t=bank_t,
+            device=self._device(), bank_products=products,
         )
         return image, scores.reshape(n, h, w)
 
