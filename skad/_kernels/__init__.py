@@ -26,4 +26,14 @@ def patch_rows(X):
     """
     X = np.asarray(X)
     n, c = X.shape[:2]
-    return np.ascontiguousarray(X.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c))
+    src = X.reshape(n, c, -1)
+    if (X.dtype in (np.float32, np.float64) and X.flags.writeable and src.size
+            and min(src.strides) >= 0):  # what torch.from_numpy accepts
+        import torch
+
+        # torch's transposing copy (threaded, blocked) is ~2x numpy's on the bottle
+        # test set (65k rows x 152); torch.from_numpy shares memory, nothing is copied
+        out = np.empty((n * src.shape[2], c), X.dtype)
+        torch.from_numpy(out).view(n, -1, c).copy_(torch.from_numpy(src).transpose(1, 2))
+        return out
+    return np.ascontiguousarray(src.transpose(0, 2, 1).reshape(-1, c))

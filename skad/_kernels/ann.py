@@ -23,7 +23,6 @@ from numbers import Integral
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .blas import blas_threads
 from .knn import DEFAULT_WORKING_MEMORY, _as_groups, _check_k, knn_search
 
 __all__ = ["NeighborIndex", "build_index", "DEFAULT_APPROX_THRESHOLD", "APPROX_METHODS"]
@@ -49,17 +48,19 @@ CELL_ASSIGN_DIM = 32
 
 
 def _assign(x, cells):
-    """Cell of each row of ``x``: nearest centroid in the principal subspace."""
-    proj, shift, caug = cells["proj"], cells["shift"], cells["centroids_aug"]
+    """Cell of each row of ``x`` (a float32 torch tensor): nearest centroid in the
+    principal subspace."""
+    import torch
+
+    proj, shift, caug = (None if v is None else torch.from_numpy(v) for v in (
+        cells["proj"], cells["shift"], cells["centroids_aug"]))
     out = np.empty(len(x), np.int64)
     for i in range(0, len(x), 2048):  # small blocks stay in cache (2x faster than 16k)
         z = x[i:i + 2048]
         if proj is not None:
-            z = z @ proj
+            z = torch.mm(z, proj)
             z -= shift
-        g = z @ caug[:-1]
-        g += caug[-1]
-        out[i:i + 2048] = g.argmin(axis=1)
+        out[i:i + 2048] = torch.addmm(caug[-1], z, caug[:-1]).numpy().argmin(axis=1)
     return out
 
 
@@ -71,9 +72,12 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
     same way, at a fifth of the cost on 152 channels); each cell's list holds its
     own rows and the ``n_neighbors`` nearest bank rows of each of them (found with a
     faiss IVF search at 8 probes; they only decide which rows a list holds, never a
-    returned distance). A list is stored as ``-2 B^T`` and ``||b||^2`` so that one
-    matrix product ranks a cell's queries against it.
+    returned distance). A list is stored as ``[-2 B^T; ||b||^2]`` (``d + 1`` rows) so
+    that one matrix product of the queries with a column of ones appended ranks a
+    cell's queries against it.
     """
+    import torch
+
     faiss = _faiss()
     n, d = bank.shape
     quantizer = faiss.IndexFlatL2(d)
@@ -94,7 +98,7 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
     cells = {"proj": proj, "shift": shift, "centroids_aug": np.ascontiguousarray(
         np.vstack([-2.0 * centroids.T, np.einsum("ij,ij->i", centroids, centroids)[None]]),
         dtype=np.float32)}
-    cell = _assign(bank, cells)
+    cell = _assign(torch.from_numpy(bank), cells)
     parts, rows = [cell], [np.arange(n, dtype=np.int64)]
     t = min(int(n_neighbors), n - 1)
     if t > 0:
@@ -106,26 +110,38 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
     key = np.unique(parts[rows >= 0] * n + rows[rows >= 0])  # sorted by cell, then row
     ids = key % n
     offsets = np.searchsorted(key // n, np.arange(n_lists + 1))
-    blocks, norms = [], []
+    blocks = []
     for c in range(n_lists):
         b = bank[ids[offsets[c]:offsets[c + 1]]]
-        blocks.append(np.ascontiguousarray(-2.0 * b.T, dtype=np.float32))
-        norms.append(np.einsum("ij,ij->i", b, b).astype(np.float32))
-    cells.update(ids=ids, offsets=offsets, blocks=blocks, norms=norms)
+        blocks.append(np.ascontiguousarray(
+            np.vstack([-2.0 * b.T, np.einsum("ij,ij->i", b, b)[None]]), dtype=np.float32))
+    cells.update(ids=ids, offsets=offsets, blocks=blocks)
     return cells
 
 
 def _row_distances(q, bank, idx, budget):
-    """``||q_i - bank[idx_ij]||`` (float32; inf where ``idx_ij < 0``), in bounded chunks."""
+    """``||q_i - bank[idx_ij]||`` (float32; inf where ``idx_ij < 0``), in bounded chunks.
+
+    ``q`` and ``bank`` are float32 torch tensors, ``idx`` an int64 array.
+    """
+    import torch
+
     m, k = idx.shape
+    d = q.shape[1]
     out = np.empty((m, k), np.float32)
-    step = max(1, budget // (4 * k * q.shape[1]))
+    step = max(1, budget // (4 * k * d))
     for s in range(0, m, step):
-        i = idx[s:s + step]
-        diff = (q[s:s + step, None, :] - bank[np.maximum(i, 0)]).reshape(-1, q.shape[1])
-        out[s:s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff)).reshape(len(i), k)
+        i = torch.from_numpy(np.maximum(idx[s:s + step], 0).reshape(-1))
+        diff = bank.index_select(0, i).view(-1, k, d)
+        diff -= q[s:s + step, None, :]
+        out[s:s + step] = torch.linalg.vector_norm(diff, dim=2).numpy()
     out[idx < 0] = np.inf
     return out
+
+
+#: rows per batch of exact distances in the "cells" search (one call per cell costs
+#: more in call overhead; a batch is still in cache)
+FLUSH = 4096
 
 
 def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_groups=None):
@@ -133,57 +149,69 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
 
     With groups, candidates sharing the query's group are skipped inside the lists.
     """
+    import torch
+
     budget = int((DEFAULT_WORKING_MEMORY if working_memory is None else working_memory)
                  * 2**20)
-    blocks, norms, offsets, ids = cells["blocks"], cells["norms"], cells["offsets"], cells["ids"]
+    blocks, offsets, ids = cells["blocks"], cells["offsets"], cells["ids"]
     m, d = q.shape
     n_lists = len(blocks)
     idx = np.full((m, k), -1, np.int64)
     dist = np.full((m, k), np.inf, np.float32)
     chunk = max(256, budget // (4 * d))  # queries per chunk (one sorted copy of them)
-    with blas_threads():
-        for qs in range(0, m, chunk):
-            qe = min(m, qs + chunk)
-            cell = _assign(q[qs:qe], cells)
-            order = np.argsort(cell, kind="stable")
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=n_lists))])
-            xg = q[qs:qe][order]
-            qg = None if query_groups is None else query_groups[qs:qe][order]
-            found = np.full((qe - qs, k), -1, np.int64)
-            fdist = np.full((qe - qs, k), np.inf, np.float32)
-            for c in np.flatnonzero(np.diff(bounds)):
-                block = blocks[c]
-                nb = block.shape[1]
-                if nb == 0:
-                    continue
-                cand = ids[offsets[c]:offsets[c + 1]]
-                # at most 1024 rows per product: the (rows x list) block stays in cache
-                # for the argmin (uncapped blocks measured ~30 % slower)
-                step = max(1, min(1024, budget // (4 * nb)))
-                for s in range(bounds[c], bounds[c + 1], step):
-                    e = min(bounds[c + 1], s + step)
-                    # ||b||^2 - 2 q.b ranks each row's candidates (||q||^2 is constant)
-                    dist2 = xg[s:e] @ block
-                    dist2 += norms[c]
-                    if qg is not None:
-                        dist2[bank_groups[cand][None, :] == qg[s:e, None]] = np.inf
-                    kk = min(k, nb)
-                    if kk == 1:
-                        part = dist2.argmin(axis=1)[:, None]
-                    elif kk < nb:
-                        part = np.argpartition(dist2, kk - 1, axis=1)[:, :kk]
-                    else:
-                        part = np.broadcast_to(np.arange(nb), (e - s, nb))
-                    found[s:e, :kk] = cand[part]
-                    if qg is not None:  # all-excluded rows found nothing
-                        ok = np.isfinite(np.take_along_axis(dist2, part, 1))
-                        found[s:e, :kk] = np.where(ok, found[s:e, :kk], -1)
-                    if k == 1:  # exact distances while the rows are in cache
-                        fdist[s:e] = _row_distances(xg[s:e], bank, found[s:e], budget)
-            idx[qs + order] = found
-            dist[qs + order] = fdist
+    # torch.from_numpy shares memory (and warns on read-only arrays: those are copied)
+    q_t = torch.from_numpy(q if q.flags.writeable else q.copy())
+    bank_t = torch.from_numpy(bank)
+    for qs in range(0, m, chunk):
+        qe = min(m, qs + chunk)
+        cell = _assign(q_t[qs:qe], cells)
+        order = np.argsort(cell, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=n_lists))])
+        # the rows in cell order, with a column of ones for the lists' norm row
+        # (numpy's allocation: it asks for huge pages, which made filling this buffer
+        # ~2x faster than in torch.empty's memory)
+        xa = torch.from_numpy(np.empty((qe - qs, d + 1), np.float32))
+        xa[:, d] = 1.0
+        torch.index_select(q_t[qs:qe], 0, torch.from_numpy(order), out=xa[:, :d])
+        qg = None if query_groups is None else query_groups[qs:qe][order]
+        found = np.full((qe - qs, k), -1, np.int64)
+        fdist = np.full((qe - qs, k), np.inf, np.float32)
+        nonempty = np.flatnonzero(np.diff(bounds))
+        done, last = 0, nonempty[-1]
+        for c in nonempty:
+            block = torch.from_numpy(blocks[c])
+            nb = block.shape[1]
+            cand = ids[offsets[c]:offsets[c + 1]]
+            # at most 1024 rows per product: the (rows x list) block stays in cache
+            # for the argmin (uncapped blocks measured ~30 % slower); an empty list
+            # leaves its rows at -1 (searched exactly afterwards)
+            step = max(1, min(1024, budget // (4 * max(nb, 1))))
+            for s in range(bounds[c], bounds[c + 1] if nb else bounds[c], step):
+                e = min(bounds[c + 1], s + step)
+                # ||b||^2 - 2 q.b ranks each row's candidates (||q||^2 is constant)
+                dist2 = torch.mm(xa[s:e], block).numpy()
+                if qg is not None:
+                    dist2[bank_groups[cand][None, :] == qg[s:e, None]] = np.inf
+                kk = min(k, nb)
+                if kk == 1:
+                    part = dist2.argmin(axis=1)[:, None]
+                elif kk < nb:
+                    part = np.argpartition(dist2, kk - 1, axis=1)[:, :kk]
+                else:
+                    part = np.broadcast_to(np.arange(nb), (e - s, nb))
+                found[s:e, :kk] = cand[part]
+                if qg is not None:  # all-excluded rows found nothing
+                    ok = np.isfinite(np.take_along_axis(dist2, part, 1))
+                    found[s:e, :kk] = np.where(ok, found[s:e, :kk], -1)
+            # k = 1: exact distances to the rows found, a batch of >= FLUSH rows at once
+            if k == 1 and (bounds[c + 1] - done >= FLUSH or c == last):
+                e = bounds[c + 1]
+                fdist[done:e] = _row_distances(xa[done:e, :d], bank_t, found[done:e], budget)
+                done = e
+        idx[qs + order] = found
+        dist[qs + order] = fdist
     if k > 1:
-        dist = _row_distances(q, bank, idx, budget)
+        dist = _row_distances(q_t, bank_t, idx, budget)
         pos = np.argsort(dist, axis=1, kind="stable")
         dist, idx = np.take_along_axis(dist, pos, 1), np.take_along_axis(idx, pos, 1)
     return dist, idx
@@ -207,6 +235,8 @@ class NeighborIndex:
                  n_list_neighbors=32, epsilon=0.1, random_state=None, device=None,
                  working_memory=None):
         self.bank_ = np.ascontiguousarray(bank, dtype=np.float32)
+        if not self.bank_.flags.writeable:  # torch.from_numpy needs writeable memory
+            self.bank_ = self.bank_.copy()
         self.method_ = method
         self.n_probe = n_probe
         self.epsilon = epsilon
