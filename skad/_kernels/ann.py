@@ -139,8 +139,8 @@ def _row_distances(q, bank, idx, budget):
     return out
 
 
-#: rows per batch of exact distances in the "cells" search (one call per cell costs
-#: more in call overhead; a batch is still in cache)
+#: rows per batch of the "cells" search (gathered, ranked, then given exact distances
+#: while in cache; one batch per cell costs more in call overhead)
 FLUSH = 4096
 
 
@@ -155,63 +155,65 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
                  * 2**20)
     blocks, offsets, ids = cells["blocks"], cells["offsets"], cells["ids"]
     m, d = q.shape
-    n_lists = len(blocks)
-    idx = np.full((m, k), -1, np.int64)
-    dist = np.full((m, k), np.inf, np.float32)
-    chunk = max(256, budget // (4 * d))  # queries per chunk (one sorted copy of them)
     # torch.from_numpy shares memory (and warns on read-only arrays: those are copied)
     q_t = torch.from_numpy(q if q.flags.writeable else q.copy())
     bank_t = torch.from_numpy(bank)
-    for qs in range(0, m, chunk):
-        qe = min(m, qs + chunk)
-        cell = _assign(q_t[qs:qe], cells)
-        order = np.argsort(cell, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=n_lists))])
-        # the rows in cell order, with a column of ones for the lists' norm row
-        # (numpy's allocation: it asks for huge pages, which made filling this buffer
-        # ~2x faster than in torch.empty's memory)
-        xa = torch.from_numpy(np.empty((qe - qs, d + 1), np.float32))
-        xa[:, d] = 1.0
-        torch.index_select(q_t[qs:qe], 0, torch.from_numpy(order), out=xa[:, :d])
-        qg = None if query_groups is None else query_groups[qs:qe][order]
-        found = np.full((qe - qs, k), -1, np.int64)
-        fdist = np.full((qe - qs, k), np.inf, np.float32)
-        nonempty = np.flatnonzero(np.diff(bounds))
-        done, last = 0, nonempty[-1]
-        for c in nonempty:
-            block = torch.from_numpy(blocks[c])
-            nb = block.shape[1]
-            cand = ids[offsets[c]:offsets[c + 1]]
-            # at most 1024 rows per product: the (rows x list) block stays in cache
-            # for the argmin (uncapped blocks measured ~30 % slower); an empty list
-            # leaves its rows at -1 (searched exactly afterwards)
-            step = max(1, min(1024, budget // (4 * max(nb, 1))))
-            for s in range(bounds[c], bounds[c + 1] if nb else bounds[c], step):
-                e = min(bounds[c + 1], s + step)
-                # ||b||^2 - 2 q.b ranks each row's candidates (||q||^2 is constant)
-                dist2 = torch.mm(xa[s:e], block).numpy()
-                if qg is not None:
-                    dist2[bank_groups[cand][None, :] == qg[s:e, None]] = np.inf
-                kk = min(k, nb)
-                if kk == 1:
-                    part = dist2.argmin(axis=1)[:, None]
-                elif kk < nb:
-                    part = np.argpartition(dist2, kk - 1, axis=1)[:, :kk]
-                else:
-                    part = np.broadcast_to(np.arange(nb), (e - s, nb))
-                found[s:e, :kk] = cand[part]
-                if qg is not None:  # all-excluded rows found nothing
-                    ok = np.isfinite(np.take_along_axis(dist2, part, 1))
-                    found[s:e, :kk] = np.where(ok, found[s:e, :kk], -1)
-            # k = 1: exact distances to the rows found, a batch of >= FLUSH rows at once
-            if k == 1 and (bounds[c + 1] - done >= FLUSH or c == last):
-                e = bounds[c + 1]
-                fdist[done:e] = _row_distances(xa[done:e, :d], bank_t, found[done:e], budget)
-                done = e
-        idx[qs + order] = found
-        dist[qs + order] = fdist
-    if k > 1:
-        dist = _row_distances(q_t, bank_t, idx, budget)
+    cell = _assign(q_t, cells)
+    order = np.argsort(cell, kind="stable")
+    order_t = torch.from_numpy(order)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=len(blocks)))])
+    qg = None if query_groups is None else query_groups[order]
+    # results in cell order
+    found = np.full((m, k), -1, np.int64)
+    fdist = np.full((m, k), np.inf, np.float32)
+    # A batch of >= FLUSH rows in cell order is gathered piece by piece (<= 1024 rows
+    # of one cell) into a small buffer with a column of ones (for the lists' norm
+    # row), ranked, then given exact distances while it is in cache: no sorted copy
+    # of all the queries is made.
+    scratch = torch.from_numpy(np.empty((FLUSH + 1024, d + 1), np.float32))
+    scratch[:, d] = 1.0
+    start = fill = 0  # sorted position of the batch's first row; rows in the batch
+    for c in np.flatnonzero(np.diff(bounds)):
+        block = torch.from_numpy(blocks[c])
+        nb = block.shape[1]
+        cand = ids[offsets[c]:offsets[c + 1]]
+        # at most 1024 rows per product: the (rows x list) block stays in cache for
+        # the argmin (uncapped blocks measured ~30 % slower); an empty list leaves
+        # its rows at -1 (searched exactly afterwards)
+        step = max(1, min(1024, budget // (4 * max(nb, 1))))
+        for s in range(bounds[c], bounds[c + 1], step):
+            e = min(bounds[c + 1], s + step)
+            if fill + e - s > len(scratch):
+                fdist[start:s] = _row_distances(scratch[:fill, :d], bank_t, found[start:s],
+                                                budget)
+                start, fill = s, 0
+            rows = scratch[fill:fill + e - s]
+            torch.index_select(q_t, 0, order_t[s:e], out=rows[:, :d])
+            fill += e - s
+            if nb == 0:
+                continue
+            # ||b||^2 - 2 q.b ranks each row's candidates (||q||^2 is constant)
+            dist2 = torch.mm(rows, block).numpy()
+            if qg is not None:
+                dist2[bank_groups[cand][None, :] == qg[s:e, None]] = np.inf
+            kk = min(k, nb)
+            if kk == 1:
+                part = dist2.argmin(axis=1)[:, None]
+            elif kk < nb:
+                part = np.argpartition(dist2, kk - 1, axis=1)[:, :kk]
+            else:
+                part = np.broadcast_to(np.arange(nb), (e - s, nb))
+            found[s:e, :kk] = cand[part]
+            if qg is not None:  # all-excluded rows found nothing
+                ok = np.isfinite(np.take_along_axis(dist2, part, 1))
+                found[s:e, :kk] = np.where(ok, found[s:e, :kk], -1)
+    if fill:
+        fdist[start:m] = _row_distances(scratch[:fill, :d], bank_t, found[start:m], budget)
+    idx = np.empty_like(found)
+    dist = np.empty_like(fdist)
+    idx[order] = found
+    dist[order] = fdist
+    if k > 1:  # each row's k candidates by exact distance
         pos = np.argsort(dist, axis=1, kind="stable")
         dist, idx = np.take_along_axis(dist, pos, 1), np.take_along_axis(idx, pos, 1)
     return dist, idx
