@@ -103,6 +103,21 @@ def test_patchcore_training_scores_exclude_own_image():
     assert blind.anomaly_map(X_train).min() > 0
 
 
+def test_patchcore_bank_neighbors_pruned_search_is_exact():
+    # N_b(m*) by lower bounds in the principal subspace: the same sets as a full search,
+    # with a loose upper bound and with the tightest one (the true b-th distance)
+    from skad.detectors.patchcore import _bank_neighbors, _bank_products
+
+    rng = np.random.default_rng(3)
+    bank = (rng.normal(size=(3000, 40)) * np.linspace(3, 0.1, 40)).astype(np.float32)
+    rows = rng.choice(len(bank), 50, replace=False)
+    d, expected = knn_search(bank[rows], bank, 9)
+    products = _bank_products(bank)
+    for upper in (d[:, -1], 2 * d[:, -1]):
+        got = _bank_neighbors(bank, rows, 9, upper, products)
+        assert [set(a) for a in got] == [set(a) for a in expected]
+
+
 def test_patchcore_approx_method_records_choice():
     X_train, X_test, _ = _patch_data()
     det = PatchCore(coreset_ratio=1.0, approx_threshold=10_000).fit(X_train)
