@@ -61,33 +61,56 @@ def _rank_against_bank(q, products):
     return out
 
 
-def _bank_neighbors(bank, rows, b, upper, products):
-    """The ``b`` nearest bank rows of bank rows ``rows``, exactly, by pruning.
+def _pruned_knn(q, bank, k, upper, products, groups=None):
+    """Exact ``k`` nearest bank rows of the rows of ``q``, by pruning.
 
-    ``upper`` bounds each row's ``b``-th neighbour distance from above (e.g. the
-    ``b``-th distance an approximate search returned). Distances in the principal
-    subspace bound true distances from below (the projection is orthonormal), so
-    only bank rows whose bound is within ``upper`` can be among the ``b`` nearest:
-    those are measured exactly (bottle, 10 % bank: about 60 of 16.4k rows).
+    ``upper[i]`` must bound the ``k``-th neighbour distance of ``q[i]`` from above
+    (e.g. the ``k``-th distance an approximate search returned). Distances in the
+    bank's principal subspace bound true distances from below (the projection is
+    orthonormal), so only bank rows whose bound is within ``upper`` can be among the
+    ``k`` nearest; those are measured exactly. With ``groups = (query_groups,
+    bank_groups)`` bank rows sharing the query's group are skipped. Rows with more
+    than ``n_bank // 16`` candidates come back as -1 / inf: a full search is cheaper.
+
+    Returns
+    -------
+    distances : ndarray of float32, shape (m, k), ascending
+    indices : ndarray of int64, shape (m, k)
     """
     import torch
 
-    # torch, not numpy, for products at predict time (see skad._kernels.ann)
-    z = torch.mm(torch.from_numpy(bank[rows]), products["proj"])
-    zn = (torch.linalg.vector_norm(z, dim=1) ** 2).numpy()
-    lower = np.empty((len(rows), bank.shape[0]), np.float32)
-    torch.addmm(products["bank_zn"], z, products["bank_z"], alpha=-2.0,
-                out=torch.from_numpy(lower))
-    lower += zn[:, None]
-    # float32 rounding of the bound is far below 1e-4 of the squared norms involved
-    slack = 1e-4 * (zn + float(products["bank_zn"].max()))
-    # (flat indices: np.nonzero of the 2-D mask was 7x slower)
-    r, j = np.divmod(np.flatnonzero(lower <= (upper.astype(np.float32) ** 2
-                                              + slack)[:, None]), bank.shape[0])
-    diff = bank[j] - bank[rows[r]]
-    order = np.lexsort((np.einsum("ij,ij->i", diff, diff), r))  # by row, then distance
-    first = np.searchsorted(r[order], np.arange(len(rows)))
-    return j[order][first[:, None] + np.arange(b)]
+    n = bank.shape[0]
+    dist = np.full((len(q), k), np.inf, np.float32)
+    idx = np.full((len(q), k), -1, np.int64)
+    for s in range(0, len(q), 256):  # bounded (rows x bank) blocks
+        e = min(len(q), s + 256)
+        qs = np.array(q[s:e], dtype=np.float32, order="C")
+        # torch, not numpy, for products at predict time (see skad._kernels.ann)
+        z = torch.mm(torch.from_numpy(qs), products["proj"])
+        zn = (torch.linalg.vector_norm(z, dim=1) ** 2).numpy()
+        lower = np.empty((e - s, n), np.float32)
+        torch.addmm(products["bank_zn"], z, products["bank_z"], alpha=-2.0,
+                    out=torch.from_numpy(lower))
+        lower += zn[:, None]
+        # float32 rounding of the bound is far below 1e-4 of the squared norms involved
+        slack = 1e-4 * (zn + float(products["bank_zn"].max()))
+        keep = lower <= (np.asarray(upper[s:e], np.float32) ** 2 + slack)[:, None]
+        if groups is not None:
+            keep &= groups[1][None, :] != groups[0][s:e, None]
+        count = keep.sum(axis=1)
+        few = (count >= k) & (count <= max(k, n // 16))
+        keep[~few] = False
+        # (flat indices: np.nonzero of the 2-D mask was 7x slower)
+        r, j = np.divmod(np.flatnonzero(keep), n)
+        diff = bank[j] - qs[r]
+        d2 = np.einsum("ij,ij->i", diff, diff)
+        order = np.lexsort((d2, r))  # by row, then distance
+        r, j, d2 = r[order], j[order], d2[order]
+        ok = np.flatnonzero(few)
+        pos = np.searchsorted(r, ok)[:, None] + np.arange(k)
+        idx[s + ok] = j[pos]
+        dist[s + ok] = np.sqrt(d2[pos])
+    return dist, idx
 
 
 def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_neighbors,
@@ -341,11 +364,44 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         return self._products_cache
 
     def _bank_neighbors(self, idx, b):
-        """``N_b`` of bank rows ``idx``, exactly (see :func:`_bank_neighbors`)."""
+        """``N_b`` of bank rows ``idx``, exactly (see :meth:`_exact_knn`)."""
         p = self._products()
         upper = (p["upper"][idx] if b == p["b"]  # n_neighbors unchanged since fit
                  else self.index_.query(self.memory_bank_[idx], b)[0][:, -1])
-        return _bank_neighbors(self.memory_bank_, idx, b, upper, p)
+        return self._exact_knn(self.memory_bank_[idx], b, upper)[1]
+
+    def _exact_knn(self, q, k, upper=None, groups=None):
+        """Exact k-NN of a few rows: pruned given upper bounds (:func:`_pruned_knn`),
+        else (and for rows with too many candidates) one product against the bank.
+
+        Pruning pays for bank rows (``N_b(m*)``: about 60 candidates of 16.4k on
+        bottle), not for the top test patches, which lie far from the bank (hundreds
+        to thousands of candidates: measured 2x slower than the product).
+        """
+        p = self._products()
+        if upper is None:
+            dist = np.full((len(q), k), np.inf, np.float32)
+            idx = np.full((len(q), k), -1, np.int64)
+        else:
+            dist, idx = _pruned_knn(q, self.memory_bank_, k, upper, p, groups)
+        for s0 in range(0, len(q), 1024):  # the rest, in bounded (rows x bank) blocks
+            rest = s0 + np.flatnonzero(idx[s0:s0 + 1024, 0] < 0)
+            if not len(rest):
+                continue
+            d2 = _rank_against_bank(q[rest], p)
+            if groups is not None:
+                d2[groups[1][None, :] == groups[0][rest, None]] = np.inf
+            if k == 1:
+                part = d2.argmin(axis=1)[:, None]
+            else:
+                part = (np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1]
+                        else np.broadcast_to(np.arange(k), (len(rest), k)))
+                part = np.take_along_axis(part, np.argsort(
+                    np.take_along_axis(d2, part, 1), axis=1, kind="stable"), 1)
+            diff = q[rest][:, None, :] - self.memory_bank_[part]
+            dist[rest] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+            idx[rest] = part
+        return dist, idx
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -365,24 +421,16 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
             dist, nn = search(rows, 1)
         return dist[:, 0], nn[:, 0]
 
-    def _exact_few(self, q, image_ids, exclude_own_image, products):
-        """Exact :meth:`_search` for a few rows: matrix products against the bank."""
-        dist = np.empty(len(q), np.float32)
-        nn = np.empty(len(q), np.int64)
-        for s in range(0, len(q), 1024):  # bounded (rows x bank) blocks
-            e = min(len(q), s + 1024)
-            d2 = _rank_against_bank(q[s:e], products)
-            if exclude_own_image:
-                d2[self.bank_image_ids_[None, :] == image_ids[s:e, None]] = np.inf
-            if self.exclude_self:  # the second nearest row
-                two = np.argpartition(d2, 1, axis=1)[:, :2]
-                first = np.take_along_axis(d2, two, 1).argmin(axis=1)
-                nn[s:e] = two[np.arange(e - s), 1 - first]
-            else:
-                nn[s:e] = d2.argmin(axis=1)
-            diff = q[s:e] - self.memory_bank_[nn[s:e]]
-            dist[s:e] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        return dist, nn
+    def _exact_few(self, q, image_ids, exclude_own_image):
+        """Exact :meth:`_search` for a few rows."""
+        if exclude_own_image:
+            dist, nn = self._exact_knn(q, 1, groups=(image_ids, self.bank_image_ids_))
+        elif self.exclude_self:  # the second nearest row
+            dist, nn = self._exact_knn(q, 2)
+            dist, nn = dist[:, 1:], nn[:, 1:]
+        else:
+            dist, nn = self._exact_knn(q, 1)
+        return dist[:, 0], nn[:, 0]
 
     def _patch_scores(self, X, exclude_own_image):
         n, c, h, w = X.shape
@@ -391,17 +439,16 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         dist, nn = self._search(rows, image_ids, exclude_own_image)
         scores = dist.reshape(n, h * w)  # s_i = min_m ||m_test_i - m|| (eq. 6)
         nn = nn.reshape(n, h * w)
-        products = None
-        if self.nn_method_ != "exact":
+        approx = self.nn_method_ != "exact"
+        if approx:
             # The image score needs the largest patch score exactly. Approximate
             # scores are upper bounds, so each image's top patch is searched exactly
             # until the top patch is one already searched exactly: no other patch
             # can then score higher. Each round searches the `per` highest patches
             # not yet exact of each unfinished image, `per` doubling from 1: every
-            # round streams the whole bank, so few rounds beat few rows (bottle:
-            # 1 per round took 11 rounds / 124 rows; all patches above the first
-            # exact value at once, 2 rounds / 752 rows).
-            products = self._products()
+            # round streams the whole bank, so few rounds beat few rows
+            # (bottle: 1 per round took 11 rounds / 124 rows; all patches above the
+            # first exact value at once, 2 rounds / 752 rows; doubling 4 / 151).
             done = np.zeros(scores.shape, bool)
             images = np.arange(n)
             per = 1
@@ -419,13 +466,13 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
                 keep = ~done[r, p]
                 r, p = r[keep], p[keep]
                 scores[r, p], nn[r, p] = self._exact_few(
-                    rows[r * h * w + p], r, exclude_own_image, products)
+                    rows[r * h * w + p], r, exclude_own_image)
                 done[r, p] = True
                 per *= 2
         image = reweighted_image_scores(
             scores, rows.reshape(n, h * w, c), nn, self.memory_bank_, self.n_neighbors,
             device=self._device(),
-            neighbors=None if products is None else self._bank_neighbors,
+            neighbors=self._bank_neighbors if approx else None,
         )
         return image, scores.reshape(n, h, w)
 
