@@ -153,15 +153,17 @@ def ann_recall(train_feats, test_feats, masks=None, ratio=0.1, n_images=None):
 def paired_speed(images, train_feats, test_feats, pairs=15):
     """PatchCore 10 % predict vs backbone forward, timed in alternation in one process.
 
-    This machine's speed drifts by up to ~30 % over minutes, so the backbone and the
-    detector are timed back to back ``pairs`` times. Each round runs the backbone
-    (32 images) twice around the detector (``score_and_map`` of all test images,
-    maps at mask size): ``clean`` follows a backbone run, ``after`` follows the
-    detector. The round's ratio is ``1 + detector / clean`` (median round and
-    range reported); ``after / clean`` checks that the detector leaves nothing
-    behind that slows the next batch's backbone (numpy's OpenBLAS threads did:
-    they spin after each product). Single backbone runs vary by +-25 % here, so
-    ``(detector + after) / clean`` per round is too noisy to report alone.
+    This machine's speed drifts by up to ~30 % over minutes (the backbone's speed
+    more than the detector's), so the backbone and the detector are timed back to
+    back ``pairs`` times. A round runs, for each of ``predict`` (labels: the image
+    scores; what the issue's target names) and ``score_and_map`` (scores and maps
+    upsampled to the mask size), the backbone (32 images) before and after it:
+    ``clean`` follows a backbone run, ``after`` follows the detector. The round's
+    ratio is ``1 + detector / clean`` (median round and range reported); ``after /
+    clean`` checks that the detector leaves nothing behind that slows the next
+    batch's backbone (numpy's OpenBLAS threads did: they spin after each product).
+    Single backbone runs vary by +-25 % here, so ``(detector + after) / clean`` per
+    round is reported beside, not alone.
     """
     import torch
 
@@ -172,34 +174,42 @@ def paired_speed(images, train_feats, test_feats, pairs=15):
     ext.transform(images[:2])
     det = PatchCore(coreset_ratio=0.1, random_state=0, device="cpu").fit(train_feats)
     out_size = images.shape[1:3]
-    det.score_and_map(test_feats, output_size=out_size)
+    calls = {"predict": lambda: det.predict(test_feats),
+             "score_and_map": lambda: det.score_and_map(test_feats, output_size=out_size)}
+    for f in calls.values():
+        f()
 
-    def backbone():
+    def ms_per_image(f, n):
         t = time.perf_counter()
-        ext.transform(images[:32])
-        return 1000 * (time.perf_counter() - t) / 32
+        f()
+        return 1000 * (time.perf_counter() - t) / n
 
-    clean, after, dd = [], [], []
+    backbone = functools.partial(ms_per_image, lambda: ext.transform(images[:32]), 32)
+    times = {name: ([], [], []) for name in calls}  # clean, detector, after
     backbone()
     for _ in range(pairs):
-        clean.append(backbone())
-        t = time.perf_counter()
-        det.score_and_map(test_feats, output_size=out_size)
-        dd.append(1000 * (time.perf_counter() - t) / len(test_feats))
-        after.append(backbone())
-    clean, after, dd = map(np.array, (clean, after, dd))
-    ratio = 1 + dd / clean
-    mid = np.argsort(ratio)[len(ratio) // 2]
-    res = {"nn_method_": det.nn_method_, "pairs": pairs,
-           "end_to_end_over_backbone_median": float(ratio[mid]),
-           "end_to_end_over_backbone_min": float(ratio.min()),
-           "end_to_end_over_backbone_max": float(ratio.max()),
-           "backbone_after_detector_over_clean_median": float(np.median(after / clean)),
-           "with_next_backbone_over_backbone_median": float(np.median((dd + after) / clean)),
-           "backbone_ms_per_image_median_pair": float(clean[mid]),
-           "detector_ms_per_image_median_pair": float(dd[mid])}
+        for name, f in calls.items():
+            clean, dd, after = times[name]
+            clean.append(backbone())
+            dd.append(ms_per_image(f, len(test_feats)))
+            after.append(backbone())
+    res = {"nn_method_": det.nn_method_, "pairs": pairs}
+    for name, series in times.items():
+        clean, dd, after = map(np.array, series)
+        ratio = 1 + dd / clean
+        mid = np.argsort(ratio)[len(ratio) // 2]
+        res[name] = {"end_to_end_over_backbone_median": float(ratio[mid]),
+                     "end_to_end_over_backbone_min": float(ratio.min()),
+                     "end_to_end_over_backbone_max": float(ratio.max()),
+                     "backbone_after_detector_over_clean_median": float(
+                         np.median(after / clean)),
+                     "with_next_backbone_over_backbone_median": float(
+                         np.median((dd + after) / clean)),
+                     "backbone_ms_per_image_median_pair": float(clean[mid]),
+                     "detector_ms_per_image_median_pair": float(dd[mid])}
     print("paired", res, flush=True)
     return res
+
 
 def main(argv=None):
     import torch
