@@ -7,8 +7,8 @@ silently afterwards.
 Measured on PatchCore's 10 % bottle bank (16.4k x 152, 2 cores, 65k test patches;
 ``benchmarks/results/bottle_baselines.md``): "cells" (128 cells, 32 list neighbours)
 finds the exact nearest neighbour of 98.7 % of the test patches (86 % of those
-inside defects) at about 1.7-2.4 ms per image (784 patches) after a 0.5-1 s build;
-faiss IVF (256 lists, 8 probes) 99.7 % at about 5-7 ms (it scans list by list per
+inside defects) at about 1.5-2.1 ms per image (784 patches) after a 0.5-1 s build;
+faiss IVF (256 lists, 8 probes) 99.7 % at about 5-8 ms (it scans list by list per
 query; "cells" ranks a whole cell's queries with one matrix product); pynndescent
 85 % at 4-5 ms after a 45 s build; the exact search 85-95 ms. "auto" keeps faiss
 IVF for very large banks (its memory is the bank's; "cells" holds each row 2-4
