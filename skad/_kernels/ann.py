@@ -64,6 +64,15 @@ def _assign(x, cells):
     return out
 
 
+def principal_directions(X, p):
+    """The ``min(p, d)`` leading principal directions of the rows of ``X``: a float32
+    ``(d, p)`` matrix with orthonormal columns (eigenvectors of the covariance)."""
+    d = X.shape[1]
+    cov = np.cov(X, rowvar=False, dtype=np.float64).reshape(d, d)
+    return np.ascontiguousarray(np.linalg.eigh(cov)[1][:, ::-1][:, :min(p, d)],
+                                dtype=np.float32)
+
+
 def _build_cells(bank, n_lists, n_neighbors, seed):
     """Candidate lists of the "cells" search (see :func:`build_index`).
 
@@ -90,9 +99,7 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
     proj = shift = None
     if d > CELL_ASSIGN_DIM:
         mean = bank.mean(axis=0, dtype=np.float64)
-        cov = np.cov(bank, rowvar=False, dtype=np.float64)
-        proj = np.ascontiguousarray(np.linalg.eigh(cov)[1][:, ::-1][:, :CELL_ASSIGN_DIM],
-                                    dtype=np.float32)
+        proj = principal_directions(bank, CELL_ASSIGN_DIM)
         shift = (mean @ proj).astype(np.float32)
         centroids = centroids @ proj - shift
     cells = {"proj": proj, "shift": shift, "centroids_aug": np.ascontiguousarray(

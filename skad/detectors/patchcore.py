@@ -9,7 +9,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels import patch_rows
-from .._kernels.ann import build_index
+from .._kernels.ann import build_index, principal_directions
 from .._kernels.coreset import greedy_coreset
 from .._kernels.knn import knn_search, resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
@@ -20,8 +20,8 @@ __all__ = ["PatchCore", "reweighted_image_scores"]
 PATCHCORE_APPROX_THRESHOLD = 10_000
 
 
-#: dimensions of the principal subspace whose distances bound bank-to-bank distances
-#: from below in :func:`_bank_neighbors`
+#: dimensions of the principal subspace whose distances bound distances to bank rows
+#: from below in :func:`_pruned_knn`
 BOUND_DIM = 32
 
 
@@ -31,17 +31,14 @@ def _bank_products(bank):
     ``bank_m2``, ``norms``: ``-2 bank`` and ``||b||^2`` (torch) for
     :func:`_rank_against_bank`; ``proj`` (orthonormal columns: the bank's
     ``BOUND_DIM`` leading principal directions), ``bank_z = bank @ proj`` and
-    ``bank_zn = ||bank_z||^2`` for the lower bounds of :func:`_bank_neighbors`.
+    ``bank_zn = ||bank_z||^2`` for the lower bounds of :func:`_pruned_knn`.
     """
     import torch
 
     bank = np.asarray(bank, dtype=np.float32)
     out = {"bank_m2": torch.from_numpy(-2.0 * bank),
            "norms": np.einsum("ij,ij->i", bank, bank)}
-    p = min(BOUND_DIM, bank.shape[1])
-    cov = np.cov(bank, rowvar=False, dtype=np.float64).reshape(bank.shape[1], -1)
-    proj = torch.from_numpy(
-        np.ascontiguousarray(np.linalg.eigh(cov)[1][:, ::-1][:, :p], dtype=np.float32))
+    proj = torch.from_numpy(principal_directions(bank, BOUND_DIM))
     bank_z = torch.mm(torch.from_numpy(bank), proj)
     out.update(proj=proj, bank_z=bank_z.T.contiguous(),
                bank_zn=torch.linalg.vector_norm(bank_z, dim=1) ** 2)
@@ -374,9 +371,9 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         p = self._products()
         upper = (p["upper"][idx] if b == p["b"]  # n_neighbors unchanged since fit
                  else self.index_.query(self.memory_bank_[idx], b)[0][:, -1])
-        return self._exact_knn(self.memory_bank_[idx], b, upper)[1]
+        return self._exact_knn(self.memory_bank_[idx], b, upper=upper)[1]
 
-    def _exact_knn(self, q, k, upper=None, groups=None):
+    def _exact_knn(self, q, k, groups=None, upper=None):
         """Exact k-NN of a few rows: pruned given upper bounds (:func:`_pruned_knn`),
         else (and for rows with too many candidates) one product against the bank.
 
@@ -415,35 +412,31 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         state.pop("_products_cache", None)
         return state
 
-    def _search(self, rows, image_ids, exclude_own_image):
-        """Nearest bank row of each patch row (distance, index), per the exclusions."""
-        search = self.index_.query
+    def _nearest(self, rows, image_ids, exclude_own_image, search):
+        """Nearest bank row of each patch row (distance, index), per the exclusions.
+
+        ``search(q, k, groups)`` is :meth:`_index_search` or :meth:`_exact_knn`;
+        ``groups = (query_groups, bank_groups)`` or None.
+        """
         if exclude_own_image:
-            dist, nn = search(rows, 1, query_groups=image_ids,
-                              bank_groups=self.bank_image_ids_)
-        elif self.exclude_self:
-            dist, nn = search(rows, 2)
+            dist, nn = search(rows, 1, (image_ids, self.bank_image_ids_))
+        elif self.exclude_self:  # the second nearest row
+            dist, nn = search(rows, 2, None)
             dist, nn = dist[:, 1:], nn[:, 1:]
         else:
-            dist, nn = search(rows, 1)
+            dist, nn = search(rows, 1, None)
         return dist[:, 0], nn[:, 0]
 
-    def _exact_few(self, q, image_ids, exclude_own_image):
-        """Exact :meth:`_search` for a few rows."""
-        if exclude_own_image:
-            dist, nn = self._exact_knn(q, 1, groups=(image_ids, self.bank_image_ids_))
-        elif self.exclude_self:  # the second nearest row
-            dist, nn = self._exact_knn(q, 2)
-            dist, nn = dist[:, 1:], nn[:, 1:]
-        else:
-            dist, nn = self._exact_knn(q, 1)
-        return dist[:, 0], nn[:, 0]
+    def _index_search(self, q, k, groups):
+        if groups is None:
+            return self.index_.query(q, k)
+        return self.index_.query(q, k, query_groups=groups[0], bank_groups=groups[1])
 
     def _patch_scores(self, X, exclude_own_image):
         n, c, h, w = X.shape
         rows = patch_rows(X)
         image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
-        dist, nn = self._search(rows, image_ids, exclude_own_image)
+        dist, nn = self._nearest(rows, image_ids, exclude_own_image, self._index_search)
         scores = dist.reshape(n, h * w)  # s_i = min_m ||m_test_i - m|| (eq. 6)
         nn = nn.reshape(n, h * w)
         approx = self.nn_method_ != "exact"
@@ -472,8 +465,8 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
                 p = p.ravel()
                 keep = ~done[r, p]
                 r, p = r[keep], p[keep]
-                scores[r, p], nn[r, p] = self._exact_few(
-                    rows[r * h * w + p], r, exclude_own_image)
+                scores[r, p], nn[r, p] = self._nearest(
+                    rows[r * h * w + p], r, exclude_own_image, self._exact_knn)
                 done[r, p] = True
                 per *= 2
         image = reweighted_image_scores(
