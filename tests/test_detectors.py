@@ -144,6 +144,9 @@ def test_patchcore_approx_method_records_choice():
     # image scores: the top patches are searched exactly, so they equal the exact ones
     np.testing.assert_allclose(cells.anomaly_score(X_test), det.anomaly_score(X_test),
                                rtol=1e-5)
+    # (score_samples goes through the coarse search, score_and_map the full one)
+    np.testing.assert_allclose(cells.score_and_map(X_test)[0], det.anomaly_score(X_test),
+                               rtol=1e-5)
     np.testing.assert_allclose(cells.offset_, det.offset_, rtol=1e-5)
     # blind use (second nearest row) too
     blind = [PatchCore(coreset_ratio=1.0, exclude_self=True, approx_threshold=t,

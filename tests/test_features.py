@@ -23,6 +23,7 @@ from skad.features.backbones import (
     torchvision_weights_path,
     truncate_backbone,
 )
+from skad.features.extractor import _full_float32
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
@@ -153,11 +154,12 @@ def test_input_size_none_keeps_image_size():
 def test_multi_layer_is_resized_concatenation(lite0_fitted):
     ext, X = lite0_fitted
     both = ext.transform(X)
-    with torch.inference_mode():
+    with _full_float32(ext.device_), torch.inference_mode():  # (as transform: no TF32)
         fine, coarse = ext.module_.layer_maps(ext.to_tensor(X))
     assert fine.shape[-2:] == (8, 8) and coarse.shape[-2:] == (4, 4)
     up = F.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)
-    np.testing.assert_allclose(both, torch.cat([fine, up], 1).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both, torch.cat([fine, up], 1).cpu().numpy(), rtol=1e-5,
+                               atol=1e-5)
     # the order of layers gives the order of channels; the finest map sets the size
     rev = clone(ext).set_params(layers=("blocks.4", "blocks.2")).fit(X)
     assert rev.layer_channels_ == (112, 40) and rev.stride_ == 8

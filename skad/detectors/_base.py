@@ -23,6 +23,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     - ``_fit(X)``: learn from validated input,
     - ``_score(X) -> (image_anomaly (n,), maps (n, h, w))``: anomaly scores, higher =
       more anomalous, for validated input,
+    - optionally ``_score_images(X)``: the image scores alone (default:
+      ``_score(X)[0]``; detectors whose maps cost more than their image scores
+      override it: ``score_samples``, ``decision_function`` and ``predict`` use it),
     - optionally ``_offset_scores(X)``: anomaly scores of the training set used to set
       ``offset_`` from ``contamination`` (default: ``_score(X)[0]``; memory-bank
       detectors override it so a training sample is not scored against itself),
@@ -66,8 +69,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self
 
     # -- offset / thresholds -------------------------------------------------
-    def _offset_scores(self, X):
+    def _score_images(self, X):
         return self._score(X)[0]
+
+    def _offset_scores(self, X):
+        return self._score_images(X)
 
     def _set_offset(self, X):
         train_anomaly = np.asarray(self._offset_scores(X), dtype=np.float64)
@@ -101,10 +107,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self
 
     # -- scoring -------------------------------------------------------------
-    def _checked_score(self, X):
+    def _checked_score(self, X, maps=True):
         check_is_fitted(self)
         X = self._validate_input(X, reset=False)
-        return self._score(X)
+        return self._score(X) if maps else (self._score_images(X), None)
 
     def score_samples(self, X):
         """Normality score of each sample (higher = more normal), as scikit-learn's LOF.
@@ -117,7 +123,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        return -np.asarray(self._checked_score(X)[0], dtype=np.float64)
+        return -np.asarray(self._checked_score(X, maps=False)[0], dtype=np.float64)
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for anomalies.

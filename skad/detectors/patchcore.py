@@ -37,7 +37,7 @@ def _bank_products(bank):
 
     bank = np.asarray(bank, dtype=np.float32)
     out = {"bank_m2": torch.from_numpy(-2.0 * bank),
-           "norms": np.einsum("ij,ij->i", bank, bank)}
+           "norms": torch.from_numpy(np.einsum("ij,ij->i", bank, bank)[:, None])}
     proj = torch.from_numpy(principal_directions(bank, BOUND_DIM))
     bank_z = torch.mm(torch.from_numpy(bank), proj)
     out.update(proj=proj, bank_z=bank_z.T.contiguous(),
@@ -57,8 +57,8 @@ def _rank_against_bank(q, products):
     # numpy allocates the result: it asks for huge pages, torch does not (first
     # touch of a multi-MB torch buffer measured ~3x slower here)
     out = np.empty((products["bank_m2"].shape[0], len(q)), np.float32)
-    torch.mm(products["bank_m2"], torch.from_numpy(q).T, out=torch.from_numpy(out))
-    out += products["norms"][:, None]
+    torch.addmm(products["norms"], products["bank_m2"], torch.from_numpy(q).T,
+                out=torch.from_numpy(out))
     return out
 
 
@@ -251,9 +251,12 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
       PRO (``benchmarks/results/bottle_baselines.md``). Image scores stay exact:
       approximate scores are upper bounds, so each image's highest-scoring patch is
       searched exactly until it is one already searched exactly (on bottle: 4
-      rounds, 151 rows for 83 images), and ``N_b(m*)`` is found exactly by pruning
-      (lower bounds from the bank's 32-dim principal subspace; about 60 of 16.4k
-      bank rows measured per ``m*``). ``nn_method="exact"`` restores the paper's
+      rounds, 151 rows for 83 images). ``score_samples`` / ``decision_function`` /
+      ``predict``, which need no maps, start from the "coarse" search instead (each
+      query against its cell's own rows only: a third of the products; the exact
+      rounds then search 247 rows, same scores). ``N_b(m*)`` is found exactly by
+      pruning (lower bounds from the bank's 32-dim principal subspace; about 60 of
+      16.4k bank rows measured per ``m*``). ``nn_method="exact"`` restores the paper's
       search for the maps too; on a GPU "auto" searches exactly.
     - Coreset: exact greedy selection (same picks as the naive loop), computed in
       lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`).
@@ -381,6 +384,8 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         bottle), not for the top test patches, which lie far from the bank (hundreds
         to thousands of candidates: measured 2x slower than the product).
         """
+        import torch
+
         p = self._products()
         if upper is None:
             dist = np.full((len(q), k), np.inf, np.float32)
@@ -394,8 +399,8 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
             d2 = _rank_against_bank(q[rest], p)  # (bank, rows)
             if groups is not None:
                 d2[groups[1][:, None] == groups[0][None, rest]] = np.inf
-            if k == 1:
-                part = d2.argmin(axis=0)[:, None]
+            if k == 1:  # (torch's min over the bank axis: 3x numpy's argmin here)
+                part = torch.from_numpy(d2).min(dim=0).indices.numpy()[:, None]
             else:
                 d2 = d2.T
                 part = (np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1]
@@ -427,19 +432,28 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
             dist, nn = search(rows, 1, None)
         return dist[:, 0], nn[:, 0]
 
-    def _index_search(self, q, k, groups):
+    def _index_search(self, q, k, groups, coarse=False):
         if groups is None:
-            return self.index_.query(q, k)
-        return self.index_.query(q, k, query_groups=groups[0], bank_groups=groups[1])
+            return self.index_.query(q, k, coarse=coarse)
+        return self.index_.query(q, k, query_groups=groups[0], bank_groups=groups[1],
+                                 coarse=coarse)
 
-    def _patch_scores(self, X, exclude_own_image):
+    def _coarse_search(self, q, k, groups):
+        return self._index_search(q, k, groups, coarse=True)
+
+    def _patch_scores(self, X, exclude_own_image, maps=True):
         n, c, h, w = X.shape
+        hw = h * w
         rows = patch_rows(X)
-        image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
-        dist, nn = self._nearest(rows, image_ids, exclude_own_image, self._index_search)
-        scores = dist.reshape(n, h * w)  # s_i = min_m ||m_test_i - m|| (eq. 6)
-        nn = nn.reshape(n, h * w)
+        image_ids = np.repeat(np.arange(n, dtype=np.int64), hw)
         approx = self.nn_method_ != "exact"
+        # image scores alone: the coarse search's upper bounds suffice for the
+        # exact rounds below (bottle: they search 247 rows instead of 151, for a
+        # third of the search's products)
+        dist, nn = self._nearest(rows, image_ids, exclude_own_image,
+                                 self._index_search if maps else self._coarse_search)
+        scores = dist.reshape(n, hw)  # s_i = min_m ||m_test_i - m|| (eq. 6)
+        nn = nn.reshape(n, hw)
         if approx:
             # The image score needs the largest patch score exactly. Approximate
             # scores are upper bounds, so each image's top patch is searched exactly
@@ -459,18 +473,18 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
                     break
                 r = images[todo]
                 open_scores = np.where(done[r], -np.inf, scores[r])
-                per = min(per, h * w)
+                per = min(per, hw)
                 p = np.argpartition(-open_scores, per - 1, axis=1)[:, :per]
                 r = np.repeat(r, per)
                 p = p.ravel()
                 keep = ~done[r, p]
                 r, p = r[keep], p[keep]
                 scores[r, p], nn[r, p] = self._nearest(
-                    rows[r * h * w + p], r, exclude_own_image, self._exact_knn)
+                    rows[r * hw + p], r, exclude_own_image, self._exact_knn)
                 done[r, p] = True
                 per *= 2
         image = reweighted_image_scores(
-            scores, rows.reshape(n, h * w, c), nn, self.memory_bank_, self.n_neighbors,
+            scores, rows.reshape(n, hw, c), nn, self.memory_bank_, self.n_neighbors,
             device=self._device(),
             neighbors=self._bank_neighbors if approx else None,
         )
@@ -479,5 +493,8 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
     def _score(self, X):
         return self._patch_scores(X, exclude_own_image=False)
 
+    def _score_images(self, X):
+        return self._patch_scores(X, exclude_own_image=False, maps=False)[0]
+
     def _offset_scores(self, X):
-        return self._patch_scores(X, exclude_own_image=True)[0]
+        return self._patch_scores(X, exclude_own_image=True, maps=False)[0]

@@ -110,6 +110,28 @@ def _resolve_device(device) -> torch.device:
 
 
 @contextmanager
+def _full_float32(device):
+    """Plain float32 convolutions and products on CUDA for the block.
+
+    cuDNN convolutions may run in TF32 (PyTorch's default on Ampere and later GPUs:
+    10-bit mantissas); features then differed from the CPU's by up to 1e-2 (1e-3 of
+    their scale) and changed with the batch size (measured on an H200).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    flags = (torch.backends.cudnn, torch.backends.cuda.matmul)
+    previous = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = False
+    try:
+        yield
+    finally:
+        for f, value in zip(flags, previous):
+            f.allow_tf32 = value
+
+
+@contextmanager
 def _torch_threads(n_threads):
     if n_threads is None:
         yield
@@ -224,6 +246,9 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
       stop the forward pass after the last requested layer.
     - The module and its inputs use the channels-last memory layout (oneDNN's fast
       path for convolutions on the CPU; same values up to float rounding).
+    - On CUDA the forward pass runs in plain float32: TF32 convolutions (PyTorch's
+      default on recent GPUs) are turned off while ``transform`` runs, so features
+      agree with the CPU's to float rounding and do not depend on the batch size.
     - ``fit`` builds the module and records the geometry with one forward pass of a
       blank image; it does not look at pixel values, so fitting on one image or on the
       whole training set gives the same transformer.
@@ -501,7 +526,8 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
             batches = tqdm(batches, total=math.ceil(n / batch_size),
                            desc="PatchFeatureExtractor", unit="batch")
         try:
-            with _torch_threads(self.n_threads), torch.inference_mode():
+            with (_torch_threads(self.n_threads), _full_float32(self.device_),
+                  torch.inference_mode()):
                 for start in batches:
                     sl = slice(start, min(start + batch_size, n))
                     feats = self.module_(self._tensor_batch(images, sl))
