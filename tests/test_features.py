@@ -340,7 +340,7 @@ def test_batches_and_threads_do_not_change_features(lite0_fitted, capfd):
     assert ext._batch_size() == (32 if ext.device_.type == "cuda" else 4)
     # the module runs channels-last; a contiguous (NCHW) input gives the same features
     assert ext.module_.body.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with _full_float32(ext.device_), torch.inference_mode():
         t = ext.to_tensor(X[:2])
         np.testing.assert_allclose(ext.module_(t.contiguous()).cpu().numpy(), ref[:2],
                                    rtol=1e-4, atol=1e-4)
