@@ -13,9 +13,8 @@ query; "cells" ranks a whole cell's queries with one matrix product); pynndescen
 85 % at 4-5 ms after a 45 s build; the exact search 85-95 ms. A "coarse" query
 (``query(..., coarse=True)``: its cell's own rows only) finds the exact nearest
 neighbour of 87 % at about a third of the products: PatchCore's image scores start
-from it. "auto" keeps faiss
-IVF for very large banks (its memory is the bank's; "cells" holds each row 2-4
-times).
+from it. "auto" keeps faiss IVF for very large banks (its memory is the bank's;
+"cells" holds each row 2-4 times).
 """
 
 from __future__ import annotations
@@ -84,9 +83,9 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
     same way, at a fifth of the cost on 152 channels); each cell's list holds its
     own rows and the ``n_neighbors`` nearest bank rows of each of them (found with a
     faiss IVF search at 8 probes; they only decide which rows a list holds, never a
-    returned distance), the cell's own rows first. A list is stored as ``[-2 B^T; ||b||^2]`` (``d + 1`` rows) so
-    that one matrix product of the queries with a column of ones appended ranks a
-    cell's queries against it.
+    returned distance), the cell's own rows first. A list is stored as
+    ``[-2 B^T; ||b||^2]`` (``d + 1`` rows) so that one matrix product of the queries
+    with a column of ones appended ranks a cell's queries against it.
     """
     import torch
 

@@ -107,10 +107,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self
 
     # -- scoring -------------------------------------------------------------
-    def _checked_score(self, X, maps=True):
+    def _checked_input(self, X):
         check_is_fitted(self)
-        X = self._validate_input(X, reset=False)
-        return self._score(X) if maps else (self._score_images(X), None)
+        return self._validate_input(X, reset=False)
+
+    def _checked_score(self, X):
+        return self._score(self._checked_input(X))
 
     def score_samples(self, X):
         """Normality score of each sample (higher = more normal), as scikit-learn's LOF.
@@ -123,7 +125,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        return -np.asarray(self._checked_score(X, maps=False)[0], dtype=np.float64)
+        return -np.asarray(self._score_images(self._checked_input(X)), dtype=np.float64)
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for anomalies.
