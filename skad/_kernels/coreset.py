@@ -30,7 +30,8 @@ import math
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .knn import _as_float_tensor, resolve_device
+from ..utils import resolve_device
+from .knn import _as_float_tensor
 
 __all__ = ["greedy_coreset", "random_projection"]
 

@@ -14,7 +14,7 @@ from numbers import Real
 
 import numpy as np
 
-from .knn import resolve_device
+from ..utils import resolve_device
 
 __all__ = ["cholesky_factors", "fit_gaussians", "mahalanobis"]
 

@@ -11,33 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["knn_search", "resolve_device"]
+from ..utils import resolve_device
+
+__all__ = ["knn_search"]
 
 # Default working memory (MiB) for one chunk of the distance matrix.
 DEFAULT_WORKING_MEMORY = 64
-
-
-def resolve_device(device=None, *tensors):
-    """Torch device for ``device`` ("auto", "cpu", "cuda", a torch.device or None).
-
-    ``None`` means the device of the first torch tensor among ``tensors`` (CPU for
-    numpy input); ``"auto"`` means CUDA when available, else CPU.
-    """
-    import torch
-
-    if device is None:
-        for t in tensors:
-            if isinstance(t, torch.Tensor):
-                return t.device
-        return torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device: expected 'auto', 'cpu', 'cuda' or a torch.device; got {device!r}"
-        ) from exc
 
 
 def _as_float_tensor(a, name, device):

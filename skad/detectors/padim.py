@@ -9,7 +9,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
-from .._kernels.knn import resolve_device
+from ..utils import resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
 
 __all__ = ["PaDiM"]

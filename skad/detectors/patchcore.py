@@ -11,7 +11,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .._kernels import patch_rows
 from .._kernels.ann import build_index, principal_directions
 from .._kernels.coreset import greedy_coreset
-from .._kernels.knn import knn_search, resolve_device
+from .._kernels.knn import knn_search
+from ..utils import resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
 
 __all__ = ["PatchCore", "reweighted_image_scores"]

@@ -8,7 +8,8 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels import patch_rows
-from .._kernels.knn import knn_search, resolve_device
+from .._kernels.knn import knn_search
+from ..utils import resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
 
 __all__ = ["SPADE"]

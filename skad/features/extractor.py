@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ..utils import resolve_device, torch_threads
 from ..utils.validation import check_images
 from .backbones import BACKBONES, DEFAULT_LAYERS, build_backbone, truncate_backbone
 from .pooling import local_average_pool
@@ -92,23 +93,6 @@ class PatchFeatureModule(nn.Module):
         return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
 
 
-def _resolve_device(device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'; got {device!r}"
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device: {device!r} was requested but CUDA is not available here; use "
-            "device='auto' or 'cpu'"
-        )
-    return dev
-
-
 @contextmanager
 def _full_float32(device):
     """Plain float32 convolutions and products on CUDA for the block.
@@ -129,19 +113,6 @@ def _full_float32(device):
     finally:
         for f, value in zip(flags, previous):
             f.allow_tf32 = value
-
-
-@contextmanager
-def _torch_threads(n_threads):
-    if n_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -430,7 +401,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         self.mean_, self.std_ = self._check_normalize()
         self.pooling_ = self._check_pooling()
         weights = self._check_weights()
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         module = self._build_module(weights).to(device)
 
         probe_size = self.input_size_ or images.image_size
@@ -526,7 +497,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
             batches = tqdm(batches, total=math.ceil(n / batch_size),
                            desc="PatchFeatureExtractor", unit="batch")
         try:
-            with (_torch_threads(self.n_threads), _full_float32(self.device_),
+            with (torch_threads(self.n_threads), _full_float32(self.device_),
                   torch.inference_mode()):
                 for start in batches:
                     sl = slice(start, min(start + batch_size, n))
