@@ -10,9 +10,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._kernels.maps import resize_smooth
-from ..utils.validation import _is_path_sequence, check_patches
+from ..utils.validation import _is_path_sequence, check_images, check_patches
 
-__all__ = ["BaseDetector", "PatchDetectorMixin"]
+__all__ = ["BaseDetector", "ImageDetectorMixin", "PatchDetectorMixin"]
 
 
 class BaseDetector(OutlierMixin, BaseEstimator):
@@ -244,4 +244,45 @@ class PatchDetectorMixin:
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        return tags
+
+
+class ImageDetectorMixin:
+    """Validation for detectors that take images (the trained detectors).
+
+    ``X`` is what :class:`~skad.features.PatchFeatureExtractor` takes: an array
+    ``(n, H, W, 3)`` / ``(n, H, W)`` (uint8 0-255 or float 0-1) or a sequence of image
+    paths, decoded lazily batch by batch; the validated :class:`~skad.utils.ImageSet`
+    reaches ``_fit`` and ``_score``. ``fit`` needs at least ``_min_train_images``
+    images. Patch tensors are refused with a message saying what to pass instead.
+    """
+
+    _min_train_images = 2
+
+    def _validate_input(self, X, reset):
+        try:
+            arr = None if _is_path_sequence(X) else np.asarray(X)
+        except (ValueError, TypeError):
+            arr = None
+        if arr is not None and arr.ndim == 4 and arr.dtype.kind == "f" and (
+                arr.shape[-1] not in (1, 3) and arr.shape[1] not in (1, 3)):
+            raise ValueError(
+                f"X: got an array of shape {arr.shape}, which looks like patch tensors "
+                f"(n, C, h, w); {type(self).__name__} takes images (n, H, W, 3) and "
+                "extracts its own features (its `extractor` parameter)"
+            )
+        images = check_images(X)
+        if reset and len(images) < self._min_train_images:
+            raise ValueError(
+                f"X: {type(self).__name__} needs at least {self._min_train_images} training "
+                f"images; got {len(images)}"
+            )
+        return images
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
         return tags
