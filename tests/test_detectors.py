@@ -1,8 +1,12 @@
-"""PatchCore, PaDiM, SPADE, PatchOutlierDetector: behaviour, errors, pipelines, pickling."""
+"""PatchCore, PaDiM, SPADE, PatchOutlierDetector: behaviour, errors, pipelines, pickling;
+the device contract of every detector with a ``device``."""
+
+import pickle
 
 import joblib
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
 from sklearn.model_selection import GridSearchCV
@@ -10,8 +14,9 @@ from sklearn.neighbors import LocalOutlierFactor
 
 from skad import make_pipeline
 from skad._kernels import patch_rows
+from skad._kernels.ann import NeighborIndex
 from skad._kernels.knn import knn_search
-from skad.detectors import SPADE, PaDiM, PatchCore, PatchOutlierDetector
+from skad.detectors import SPADE, NPad, PaDiM, PatchCluster, PatchCore, PatchOutlierDetector
 from skad.detectors.patch_outlier import self_excluded_knn_graph
 from skad.detectors.patchcore import reweighted_image_scores
 
@@ -368,3 +373,53 @@ def test_blind_lof_pickles_and_is_deterministic(tmp_path):
     path = tmp_path / "lof.joblib"
     joblib.dump(det, path)
     np.testing.assert_array_equal(joblib.load(path).anomaly_map(X_train), det.train_maps_)
+
+
+# -- device contract ---------------------------------------------------------------------
+DEVICE_DETECTORS = [
+    PatchCore(coreset_ratio=0.5, random_state=0),
+    PatchCore(coreset_ratio=1.0, approx_threshold=10, nn_method="auto", random_state=0),
+    PaDiM(n_features=4, random_state=0),
+    SPADE(n_neighbors=4),
+    PatchCluster(n_neighbors=5, coreset_ratio=0.5, random_state=0),
+    NPad(max_shift=1, random_state=0),
+    PatchOutlierDetector(_blind_lof(10).estimator, max_patches=None),
+]
+
+
+def _device_id(det):
+    return type(det).__name__ + ("-cells" if getattr(det, "approx_threshold", 0) == 10 else "")
+
+
+@pytest.mark.parametrize("det", DEVICE_DETECTORS, ids=_device_id)
+def test_device_recorded_and_cuda_pickle_reloads_on_cpu(det, monkeypatch):
+    X_train, X_test, _ = _patch_data()
+    det = clone(det).set_params(device=torch.device("cpu")).fit(X_train)
+    assert det.device_ == torch.device("cpu")
+    if isinstance(det, PatchOutlierDetector):  # blind LOF scores its training set only
+        X_test = X_train
+    scores, maps = det.score_and_map(X_test)
+    # as if fitted on a GPU: the fitted device (and its search index's) is CUDA; the
+    # fitted arrays are numpy either way
+    det.device_ = torch.device("cuda", 0)
+    for value in vars(det).values():
+        if isinstance(value, NeighborIndex):
+            value.device = det.device_
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="fitted on cuda:0 but CUDA is not available"):
+        back = pickle.loads(pickle.dumps(det))
+    assert back.device_ == torch.device("cpu")
+    s2, m2 = back.score_and_map(X_test)
+    np.testing.assert_array_equal(scores, s2)
+    np.testing.assert_array_equal(maps, m2)
+
+
+@pytest.mark.parametrize("det", DEVICE_DETECTORS[::2], ids=_device_id)
+def test_device_errors(det, monkeypatch):
+    X_train, _, _ = _patch_data()
+    with pytest.raises(ValueError, match="device: expected 'auto', 'cpu'.*got 'tpu'"):
+        clone(det).set_params(device="tpu").fit(X_train)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda:1' was requested but CUDA is not available"):
+        clone(det).set_params(device="cuda:1").fit(X_train)
+    assert clone(det).set_params(device="auto").fit(X_train).device_.type == "cpu"

@@ -25,6 +25,7 @@ from numbers import Integral
 import numpy as np
 from sklearn.utils import check_random_state
 
+from ..utils._loading import loaded_device
 from .knn import DEFAULT_WORKING_MEMORY, _as_groups, _check_k, knn_search
 
 __all__ = ["NeighborIndex", "build_index", "DEFAULT_APPROX_THRESHOLD", "APPROX_METHODS"]
@@ -303,6 +304,8 @@ class NeighborIndex:
     def __setstate__(self, state):
         if state.get("_ivf") is not None:
             state["_ivf"] = _faiss().deserialize_index(state["_ivf"])
+        # an index built on a GPU searches on the CPU where there is none (its owner warns)
+        state["device"] = loaded_device(state.get("device"))
         self.__dict__.update(state)
 
     def _approx(self, q, k, coarse=False):

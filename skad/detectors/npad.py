@@ -21,6 +21,7 @@ from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
 from .._kernels.knn import knn_search
 from ..features.pooling import local_average_pool
 from ._base import BaseDetector, PatchDetectorMixin
+from ._device import DeviceMixin
 
 __all__ = [
     "NPad",
@@ -136,7 +137,7 @@ def select_active_channels(X, n_channels: int, order: str = "fewest_nonzero") ->
 
 
 def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperature",
-                          eps=0.01):
+                          eps=0.01, device=None):
     """Neighbourhood similarity weights of N-pad's module A (eqs. 4-5).
 
     For each position ``p`` and each neighbour ``q`` in its ``size x size`` window,
@@ -162,6 +163,8 @@ def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperat
         ``"scale"`` multiplies it.
     eps : float, default=0.01
         Ridge added to the average covariance.
+    device : {"auto", "cpu", "cuda", "cuda:<index>"}, torch.device or None
+        Where the pairs' covariances are factorised (None: the CPU).
 
     Returns
     -------
@@ -199,7 +202,7 @@ def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperat
         q = idx[k, p]
         delta = mu[p] - mu[q]
         avg = 0.5 * (cov[p] + cov[q]) + eps * eye  # average covariance of eq. 4
-        chol = torch.from_numpy(cholesky_factors(avg))
+        chol = torch.from_numpy(cholesky_factors(avg, device=device))
         z = torch.linalg.solve_triangular(chol, delta.unsqueeze(-1), upper=False)
         dist[k, p] = 0.125 * z.square().sum(dim=(1, 2))  # D_B of eq. 5
     scaled = dist / beta if beta_role == "temperature" else dist * beta
@@ -306,7 +309,7 @@ def shift_maps(maps, shift):
 
 
 # --------------------------------------------------------------------------- estimator
-class NPad(PatchDetectorMixin, BaseDetector):
+class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
     """N-pad: neighbouring-pixel anomaly detection on patch tensors.
 
     A position-wise Gaussian model (like PaDiM) that lets each position borrow from its
@@ -376,6 +379,10 @@ class NPad(PatchDetectorMixin, BaseDetector):
         Positions per chunk in fit (bounds the covariance temporaries).
     batch_size : int, default=32
         Images per chunk when scoring.
+    device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
+        Where the Gaussian kernels (covariances, Cholesky factors, Mahalanobis
+        distances) and the nearest-centroid search run ("auto": CUDA when available);
+        the window bookkeeping, shifting and k-means stay on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds k-means.
     contamination : "auto" or float in (0, 0.5], default="auto"
@@ -400,6 +407,9 @@ class NPad(PatchDetectorMixin, BaseDetector):
         Module B's per-position Gaussians of the aggregated features.
     centroids_ : ndarray of float32, shape (n_centroids, d) or None
         Module B's memory bank.
+    device_ : torch.device
+        The device fit resolved ``device`` to; scoring runs there (the CPU after
+        unpickling on a machine without CUDA).
     offset_ : float
         Threshold on ``score_samples``.
 
@@ -520,6 +530,7 @@ class NPad(PatchDetectorMixin, BaseDetector):
         "kmeans_max_iter": [Interval(Integral, 1, None, closed="left")],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
     }
 
@@ -544,6 +555,7 @@ class NPad(PatchDetectorMixin, BaseDetector):
         kmeans_max_iter=1,
         chunk_size=256,
         batch_size=32,
+        device="auto",
         random_state=None,
         contamination="auto",
         sigma=4.0,
@@ -566,6 +578,7 @@ class NPad(PatchDetectorMixin, BaseDetector):
         self.kmeans_max_iter = kmeans_max_iter
         self.chunk_size = chunk_size
         self.batch_size = batch_size
+        self.device = device
         self.random_state = random_state
         self.contamination = contamination
         self.sigma = sigma
@@ -591,6 +604,7 @@ class NPad(PatchDetectorMixin, BaseDetector):
     # -- fit -----------------------------------------------------------------
     def _fit(self, X):
         modules = self._check_modules()
+        self._fit_device()
         n, c, h, w = X.shape
         if self.n_channels is not None and self.n_channels > c:
             raise ValueError(
@@ -620,11 +634,12 @@ class NPad(PatchDetectorMixin, BaseDetector):
             r1 = min(h, r0 + rows)
             a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
             block = Xs[:, :, a0:a1].permute(0, 2, 3, 1).reshape(n, -1, d)
-            mu, cov = _gaussians(block, 0.0)  # eqs. 2-3 without the ridge
+            mu, cov = _gaussians(block, 0.0, self.device_)  # eqs. 2-3 without the ridge
             hb = a1 - a0
             wts, _ = bhattacharyya_weights(mu.reshape(hb, w, d), cov.reshape(hb, w, d, d),
                                            size=s, beta=self.beta,
-                                           beta_role=self.beta_role, eps=self.eps)
+                                           beta_role=self.beta_role, eps=self.eps,
+                                           device=self.device_)
             mu_a, cov_a = weighted_gaussians(mu.reshape(hb, w, d),
                                              cov.reshape(hb, w, d, d), wts,
                                              n_samples=n, size=s)
@@ -633,7 +648,8 @@ class NPad(PatchDetectorMixin, BaseDetector):
             means[r0 * w:r1 * w] = mu_a[inner].reshape(-1, d)
             cov_in = cov_a[inner].reshape(-1, d, d)
             cov_in += self.eps * torch.eye(d)  # eps * I of eq. 3
-            chol[r0 * w:r1 * w] = torch.from_numpy(cholesky_factors(cov_in))
+            chol_in = cholesky_factors(cov_in, device=self.device_)
+            chol[r0 * w:r1 * w] = torch.from_numpy(chol_in)
             del mu, cov, mu_a, cov_a, cov_in
         self.weights_ = weights.numpy()
         self.means_a_ = means.numpy()
@@ -648,9 +664,9 @@ class NPad(PatchDetectorMixin, BaseDetector):
         step = max(1, int(self.chunk_size))
         for p0 in range(0, h * w, step):
             p1 = min(h * w, p0 + step)
-            mu, cov = _gaussians(flat[:, p0:p1], self.eps)
+            mu, cov = _gaussians(flat[:, p0:p1], self.eps, self.device_)
             means[p0:p1] = mu
-            chol[p0:p1] = torch.from_numpy(cholesky_factors(cov))
+            chol[p0:p1] = torch.from_numpy(cholesky_factors(cov, device=self.device_))
         self.means_b_ = means.numpy()
         self.chol_b_ = chol.numpy()
         bank = flat.reshape(-1, d).numpy()
@@ -724,7 +740,8 @@ class NPad(PatchDetectorMixin, BaseDetector):
         # through one Mahalanobis call (one pass over the factors).
         src = _neighbour_index(h, w, [(-dy, -dx) for dy, dx in offsets])[0]
         gathered = torch.cat([feats[:, src[k]] for k in range(len(offsets))])
-        dist_q = _maha(gathered, self.means_a_, self.chol_a_).reshape(len(offsets), n, -1)
+        dist_q = _maha(gathered, self.means_a_, self.chol_a_, self.device_)
+        dist_q = dist_q.reshape(len(offsets), n, -1)
         best = torch.full((n, h * w), float("inf"))
         for k in range(len(offsets)):
             dist_p = dist_q[k][:, idx[k]]
@@ -738,7 +755,7 @@ class NPad(PatchDetectorMixin, BaseDetector):
         agg = None
         if "B" in self.modules_:
             agg = local_average_pool(xb, 3).permute(0, 2, 3, 1).reshape(n, h * w, d)
-            map_b = _maha(agg, self.means_b_, self.chol_b_).reshape(n, h, w)
+            map_b = _maha(agg, self.means_b_, self.chol_b_, self.device_).reshape(n, h, w)
         if map_a is not None and agg is not None:
             pixel = torch.sqrt(map_a * map_b)  # eq. 11
         else:
@@ -748,7 +765,7 @@ class NPad(PatchDetectorMixin, BaseDetector):
         if agg is None:
             return top.mean(1), pixel
         query = torch.gather(agg, 1, pos[:, :, None].expand(n, k, d)).reshape(n * k, d)
-        dist, _ = knn_search(query.numpy(), self.centroids_, 1)
+        dist, _ = knn_search(query.numpy(), self.centroids_, 1, device=self.device_)
         euclid = torch.as_tensor(np.asarray(dist, dtype=np.float32)).reshape(n, k)  # E (eq. 13)
         m_sorted = torch.sort(top, dim=1).values
         e_sorted = torch.sort(euclid, dim=1).values
@@ -770,7 +787,7 @@ def _as_tensor(a):
     return torch.from_numpy(arr)
 
 
-def _gaussians(block, eps):
+def _gaussians(block, eps, device=None):
     """Per-position means and sample covariances (ddof 1) + ``eps I`` of (n, P, d).
 
     A single sample has a zero sample covariance (the paper's one-shot setting: module
@@ -780,10 +797,10 @@ def _gaussians(block, eps):
         d = block.shape[2]
         cov = torch.zeros(block.shape[1], d, d) + eps * torch.eye(d)
         return block[0].clone(), cov
-    mu, cov = fit_gaussians(block, shrinkage=0.0, eps=eps)
+    mu, cov = fit_gaussians(block, shrinkage=0.0, eps=eps, device=device)
     return torch.from_numpy(mu), torch.from_numpy(cov)
 
 
-def _maha(feats, means, chol):
+def _maha(feats, means, chol, device=None):
     """Mahalanobis distances (n, P) of features (n, P, d) to per-position Gaussians."""
-    return torch.from_numpy(mahalanobis(feats, means, chol))
+    return torch.from_numpy(mahalanobis(feats, means, chol, device=device))

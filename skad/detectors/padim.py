@@ -6,16 +6,16 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 
 from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
-from ..utils import resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
+from ._device import DeviceMixin
 
 __all__ = ["PaDiM"]
 
 
-class PaDiM(PatchDetectorMixin, BaseDetector):
+class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
     """PaDiM (Defard et al. 2021): per-position Gaussians of patch features.
 
     A random subset of ``n_features`` channels is kept; at each of the ``h x w``
@@ -37,7 +37,9 @@ class PaDiM(PatchDetectorMixin, BaseDetector):
     contamination : "auto" or float in (0, 0.5], default="auto"
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps (the paper uses 4).
-    device : {"auto", "cpu", "cuda"}, default="auto"
+    device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
+        Where the Gaussians are fitted and distances computed ("auto": CUDA when
+        available).
     random_state : int, RandomState instance or None, default=None
         Seeds the channel subset.
 
@@ -50,6 +52,9 @@ class PaDiM(PatchDetectorMixin, BaseDetector):
     n_features_in_ : int
     patch_shape_ : tuple of int
         Test patch maps must have this spatial size.
+    device_ : torch.device
+        The device fit resolved ``device`` to; scoring runs there (the CPU after
+        unpickling on a machine without CUDA).
     offset_ : float
     train_scores_ : ndarray of shape (n_samples,)
 
@@ -90,7 +95,7 @@ class PaDiM(PatchDetectorMixin, BaseDetector):
         "n_features": [Interval(Integral, 1, None, closed="left"), None],
         "eps": [Interval(Real, 0, None, closed="left")],
         "shrinkage": [Interval(Real, 0, 1, closed="both")],
-        "device": [StrOptions({"auto", "cpu", "cuda"})],
+        **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
     }
 
@@ -133,7 +138,7 @@ class PaDiM(PatchDetectorMixin, BaseDetector):
             self.channels_ = np.sort(rng.choice(c, self.n_features, replace=False)).astype(
                 np.int64
             )
-        dev = resolve_device(self.device)
+        dev = self._fit_device()
         self.means_, cov = fit_gaussians(
             self._positions(X), shrinkage=self.shrinkage, eps=self.eps, device=dev
         )
@@ -143,6 +148,6 @@ class PaDiM(PatchDetectorMixin, BaseDetector):
     def _score(self, X):
         n, _, h, w = X.shape
         maps = mahalanobis(
-            self._positions(X), self.means_, self.cholesky_, device=resolve_device(self.device)
+            self._positions(X), self.means_, self.cholesky_, device=self.device_
         ).reshape(n, h, w)
         return maps.reshape(n, -1).max(axis=1), maps

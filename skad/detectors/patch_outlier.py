@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from .._kernels import patch_rows
 from .._kernels.knn import knn_search
 from ._base import BaseDetector, PatchDetectorMixin
+from ._device import DeviceMixin
 from .patchcluster import _sample_digests
 
 __all__ = ["PatchOutlierDetector", "self_excluded_knn_graph"]
@@ -88,7 +89,7 @@ def _is_euclidean(lof):
     return lof.metric in ("euclidean", "l2") or (lof.metric == "minkowski" and lof.p == 2)
 
 
-class PatchOutlierDetector(PatchDetectorMixin, BaseDetector):
+class PatchOutlierDetector(DeviceMixin, PatchDetectorMixin, BaseDetector):
     """Fit a scikit-learn outlier detector on patch vectors; map its per-patch scores.
 
     Every patch (one C-vector per position of each training image; subsampled to
@@ -129,7 +130,7 @@ None, default=None
     random_state : int, RandomState instance or None, default=None
         Seeds the patch subsample (set the estimator's own ``random_state`` for
         its randomness).
-    device : {"auto", "cpu", "cuda"}, default="auto"
+    device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
         Where the blind mode's exact neighbour search runs ("auto": CUDA when
         available). Unused by the other estimators.
 
@@ -142,6 +143,8 @@ None, default=None
         True when the estimator scores its own training patches
         (``LocalOutlierFactor(novelty=False)``).
     n_patches_fit_ : int
+    device_ : torch.device
+        The device fit resolved ``device`` to.
     n_features_in_ : int
     patch_shape_ : tuple of int
     train_maps_ : ndarray of float32, shape (n_samples, h, w)
@@ -210,7 +213,7 @@ None, default=None
         "max_patches": [Interval(Integral, 1, None, closed="left"), None],
         "image_score": [StrOptions({"max", "mean"})],
         "random_state": ["random_state"],
-        "device": [StrOptions({"auto", "cpu", "cuda"})],
+        **DeviceMixin._device_constraint,
     }
 
     def __init__(
@@ -233,6 +236,7 @@ None, default=None
         self.device = device
 
     def _fit(self, X):
+        self._fit_device()
         rows = patch_rows(X)
         self.blind_ = _is_blind_lof(self.estimator)
         if self.blind_:
@@ -267,7 +271,7 @@ None, default=None
         if _is_euclidean(est):
             # As scikit-learn, more neighbours than other patches means all of them.
             k = min(int(est.n_neighbors), m - 1)
-            graph = self_excluded_knn_graph(rows, k, device=self.device)
+            graph = self_excluded_knn_graph(rows, k, device=self.device_)
             est.set_params(metric="precomputed", p=2, metric_params=None)
             est.fit(graph)
         else:

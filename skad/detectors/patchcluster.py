@@ -18,6 +18,7 @@ from .._kernels.coreset import greedy_coreset
 from .._kernels import patch_rows
 from .._kernels.ann import DEFAULT_APPROX_THRESHOLD, build_index
 from ._base import BaseDetector, PatchDetectorMixin
+from ._device import DeviceMixin
 
 __all__ = ["PatchCluster", "default_n_neighbors"]
 
@@ -60,7 +61,7 @@ def _sample_digests(X):
     return out
 
 
-class PatchCluster(PatchDetectorMixin, BaseDetector):
+class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
     """Blind anomaly detection by the mean distance to K nearest patch features.
 
     Implements PatchCluster [1]_: the memory bank holds the patch features of the set
@@ -110,7 +111,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         graph), the last two with exclusion by over-querying and filtering, or
         "auto" ("ivf" from 1,000,000 bank patches). ``nn_method_`` records the search used (as
         :class:`~skad.detectors.PatchCore`).
-    device : {"auto", "cpu", "cuda"}, default="auto"
+    device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
         Where the neighbour search and coreset run ("auto": CUDA when available).
     random_state : int, RandomState instance or None, default=None
         Seeds the coreset selection (the only stochastic step).
@@ -134,6 +135,9 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         K actually used.
     nn_method_ : {"exact", "cells", "ivf", "nndescent"}
         Nearest-neighbour search used.
+    device_ : torch.device
+        The device fit resolved ``device`` to; scoring runs there (the CPU after
+        unpickling on a machine without CUDA).
     train_maps_ : ndarray of float32, shape (n_samples, h, w)
         Patch anomaly scores (eq. 2) of the training set, with the exclusion.
     train_scores_ : ndarray of shape (n_samples,)
@@ -237,7 +241,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         "n_reweight_neighbors": [Interval(Integral, 1, None, closed="left")],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
         "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
-        "device": [StrOptions({"auto", "cpu", "cuda"})],
+        **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
     }
 
@@ -276,6 +280,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
         n_patches = patches.shape[0]
         ratio = 1.0 if self.coreset_ratio is None else float(self.coreset_ratio)
         rng = check_random_state(self.random_state)
+        device = self._fit_device()
 
         if ratio < 1.0:
             n_select = max(1, int(round(ratio * n_patches)))
@@ -284,7 +289,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
                 n_select,
                 projection_dim=self.projection_dim,
                 random_state=rng.randint(np.iinfo(np.int32).max),
-                device=self.device,
+                device=device,
             )
             selected = np.sort(np.asarray(selected, dtype=np.int64))
         else:
@@ -296,7 +301,7 @@ class PatchCluster(PatchDetectorMixin, BaseDetector):
             method=self.nn_method,
             approx_threshold=DEFAULT_APPROX_THRESHOLD,
             random_state=rng.randint(np.iinfo(np.int32).max),
-            device=self.device,
+            device=device,
         )
         self.nn_method_ = self._index.method_
 

@@ -12,8 +12,8 @@ from .._kernels import patch_rows
 from .._kernels.ann import build_index, principal_directions
 from .._kernels.coreset import greedy_coreset
 from .._kernels.knn import knn_search
-from ..utils import resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
+from ._device import DeviceMixin
 
 __all__ = ["PatchCore", "reweighted_image_scores"]
 
@@ -173,7 +173,7 @@ def reweighted_image_scores(patch_scores, patch_features, nn_indices, bank, n_ne
     return (weight * s_star).astype(np.float32)
 
 
-class PatchCore(PatchDetectorMixin, BaseDetector):
+class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
     """PatchCore (Roth et al. 2021): distance of each patch to a coreset memory bank.
 
     Every training patch goes into a memory bank, which a greedy k-center coreset
@@ -210,7 +210,9 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         Sets ``offset_`` from the training scores ("auto": no training image flagged).
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps.
-    device : {"auto", "cpu", "cuda"}, default="auto"
+    device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
+        Where the coreset selection and the neighbour searches run ("auto": CUDA when
+        available).
     random_state : int, RandomState instance or None, default=None
         Seeds the coreset (projection and start point) and the approximate index.
 
@@ -224,6 +226,9 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
     nn_method_ : {"exact", "cells", "ivf", "nndescent"}
     index_ : :class:`~skad._kernels.ann.NeighborIndex`
         The search over ``memory_bank_``.
+    device_ : torch.device
+        The device fit resolved ``device`` to; scoring runs there (the CPU after
+        unpickling on a machine without CUDA).
     n_features_in_ : int
     patch_shape_ : tuple of int
     offset_ : float
@@ -289,7 +294,7 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
         "approx_threshold": [Interval(Integral, 1, None, closed="left")],
         "n_probe": [Interval(Integral, 1, None, closed="left")],
-        "device": [StrOptions({"auto", "cpu", "cuda"})],
+        **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
     }
 
@@ -328,13 +333,14 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
                 f"each image with the others); got {n} sample(s)"
             )
         rng = check_random_state(self.random_state)
+        device = self._fit_device()
         rows = patch_rows(X)
         image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
         n_select = max(1, int(self.coreset_ratio * len(rows)))
         if n_select < len(rows):
             idx = greedy_coreset(
                 rows, n_select, projection_dim=self.projection_dim, random_state=rng,
-                device=self._device(),
+                device=device,
             )
         else:
             idx = np.arange(len(rows), dtype=np.int64)
@@ -344,20 +350,17 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
         self.bank_image_ids_ = image_ids[idx]
         method = self.nn_method
         if method == "auto":
-            approx = len(idx) >= self.approx_threshold and self._device().type == "cpu"
+            approx = len(idx) >= self.approx_threshold and device.type == "cpu"
             method = "cells" if approx else "exact"
         index = build_index(
             self.memory_bank_, method=method, n_probe=self.n_probe, random_state=rng,
-            device=self._device(),
+            device=device,
         )
         self.nn_method_ = index.method_
         self.index_ = index
         if self.nn_method_ != "exact":
             self._products()  # in fit, not in the first predict
         return self
-
-    def _device(self):
-        return resolve_device(self.device)
 
     def _products(self):
         """:func:`_bank_products` plus, from the approximate index, an upper bound on
@@ -486,7 +489,7 @@ class PatchCore(PatchDetectorMixin, BaseDetector):
                 per *= 2
         image = reweighted_image_scores(
             scores, rows.reshape(n, hw, c), nn, self.memory_bank_, self.n_neighbors,
-            device=self._device(),
+            device=self.device_,
             neighbors=self._bank_neighbors if approx else None,
         )
         return image, scores.reshape(n, h, w)

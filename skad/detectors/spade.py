@@ -5,17 +5,17 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 
 from .._kernels import patch_rows
 from .._kernels.knn import knn_search
-from ..utils import resolve_device
 from ._base import BaseDetector, PatchDetectorMixin
+from ._device import DeviceMixin
 
 __all__ = ["SPADE"]
 
 
-class SPADE(PatchDetectorMixin, BaseDetector):
+class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
     """SPADE (Cohen & Hoshen 2020): semantic pyramid anomaly detection.
 
     Image level: the image's globally pooled feature (spatial mean of its patch
@@ -37,7 +37,8 @@ class SPADE(PatchDetectorMixin, BaseDetector):
     contamination : "auto" or float in (0, 0.5], default="auto"
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps (the paper uses 4).
-    device : {"auto", "cpu", "cuda"}, default="auto"
+    device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
+        Where the neighbour searches run ("auto": CUDA when available).
 
     Attributes
     ----------
@@ -47,6 +48,9 @@ class SPADE(PatchDetectorMixin, BaseDetector):
         Images used at the image level: ``min(n_neighbors, n_train - 1)`` so that the
         training scores (each image against the *other* training images) and test
         scores use the same ``K``.
+    device_ : torch.device
+        The device fit resolved ``device`` to; scoring runs there (the CPU after
+        unpickling on a machine without CUDA).
     n_features_in_ : int
     patch_shape_ : tuple of int
     offset_ : float
@@ -90,7 +94,7 @@ class SPADE(PatchDetectorMixin, BaseDetector):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "n_pixel_neighbors": [Interval(Integral, 1, None, closed="left")],
         "exclude_self": ["boolean"],
-        "device": [StrOptions({"auto", "cpu", "cuda"})],
+        **DeviceMixin._device_constraint,
     }
 
     def __init__(
@@ -117,6 +121,7 @@ class SPADE(PatchDetectorMixin, BaseDetector):
                 "SPADE needs at least 2 training images (training scores compare each "
                 f"image with the others); got {n} sample(s)"
             )
+        self._fit_device()
         self.train_patches_ = np.ascontiguousarray(X, dtype=np.float32)
         self.train_pooled_ = self.train_patches_.mean(axis=(2, 3))
         self.n_neighbors_ = int(min(self.n_neighbors, n - 1))
@@ -125,7 +130,7 @@ class SPADE(PatchDetectorMixin, BaseDetector):
     def _image_level(self, X, exclude_own):
         """Image scores and the K nearest training images of each image."""
         n = X.shape[0]
-        dev = resolve_device(self.device)
+        dev = self.device_
         K = self.n_neighbors_
         n_train = self.train_pooled_.shape[0]
         pooled = X.mean(axis=(2, 3))
@@ -142,7 +147,7 @@ class SPADE(PatchDetectorMixin, BaseDetector):
 
     def _spade_scores(self, X):
         n, c, h, w = X.shape
-        dev = resolve_device(self.device)
+        dev = self.device_
         K = self.n_neighbors_
         image, nbr = self._image_level(X, exclude_own=False)
         th, tw = self.train_patches_.shape[2:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from contextlib import contextmanager
 from numbers import Integral
 
@@ -17,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..utils import resolve_device, torch_threads
+from ..utils._loading import loaded_device
 from ..utils.validation import check_images
 from .backbones import BACKBONES, DEFAULT_LAYERS, build_backbone, truncate_backbone
 from .pooling import local_average_pool
@@ -563,12 +563,5 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         module = self._build_module(None if not isinstance(self.backbone, nn.Module)
                                     else "default")
         module.load_state_dict(module_state, strict=True)
-        device = torch.device(self.device_)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            warnings.warn(
-                f"PatchFeatureExtractor was fitted on {self.device_} but CUDA is not "
-                "available here; it runs on the CPU", UserWarning, stacklevel=2
-            )
-            device = torch.device("cpu")
-        self.device_ = device
-        self.module_ = module.to(device).train(training)
+        self.device_ = loaded_device(self.device_, "PatchFeatureExtractor")
+        self.module_ = module.to(self.device_).train(training)
