@@ -23,8 +23,8 @@ import math
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils import check_random_state
 
+from ..utils import seed_from
 from ..utils._loading import loaded_device
 from .knn import DEFAULT_WORKING_MEMORY, _as_groups, _check_k, knn_search
 
@@ -266,7 +266,7 @@ class NeighborIndex:
         self.n_lists_ = None
         self._ivf = None
         self._cells = None
-        seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+        seed = seed_from(random_state)  # faiss, pynndescent and the cells take an int
         n, d = self.bank_.shape
         if method == "cells":
             self.n_lists_ = int(n_lists) if n_lists is not None else max(

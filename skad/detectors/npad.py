@@ -603,6 +603,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     # -- fit -----------------------------------------------------------------
     def _fit(self, X):
+        rng = check_random_state(self.random_state)
         modules = self._check_modules()
         self._fit_device()
         n, c, h, w = X.shape
@@ -619,7 +620,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         if "A" in modules:
             self._fit_module_a(Xs)
         if "B" in modules:
-            self._fit_module_b(Xs)
+            self._fit_module_b(Xs, rng)
         return self
 
     def _fit_module_a(self, Xs):
@@ -655,7 +656,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.means_a_ = means.numpy()
         self.chol_a_ = chol.numpy()
 
-    def _fit_module_b(self, Xs):
+    def _fit_module_b(self, Xs, rng):
         n, d, h, w = Xs.shape
         agg = local_average_pool(Xs, 3)  # eq. 7: 3x3 average of the neighbourhood
         flat = agg.permute(0, 2, 3, 1).reshape(n, h * w, d)
@@ -671,7 +672,6 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.chol_b_ = chol.numpy()
         bank = flat.reshape(-1, d).numpy()
         n_clusters = max(1, min(bank.shape[0], int(round(self.centroid_ratio * bank.shape[0]))))
-        rng = check_random_state(self.random_state)
         km = MiniBatchKMeans(
             n_clusters=n_clusters,
             init="random",

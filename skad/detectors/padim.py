@@ -125,13 +125,13 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
         return Xs.reshape(n, len(self.channels_), -1).transpose(0, 2, 1)
 
     def _fit(self, X):
+        rng = check_random_state(self.random_state)
         n, c = X.shape[:2]
         if n < 2:
             raise ValueError(
                 f"PaDiM needs at least 2 training images to estimate covariances; got {n} "
                 "sample(s)"
             )
-        rng = check_random_state(self.random_state)
         if self.n_features is None or self.n_features >= c:
             self.channels_ = np.arange(c, dtype=np.int64)
         else:

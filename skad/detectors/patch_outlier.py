@@ -236,13 +236,13 @@ None, default=None
         self.device = device
 
     def _fit(self, X):
+        rng = check_random_state(self.random_state)
         self._fit_device()
         rows = patch_rows(X)
         self.blind_ = _is_blind_lof(self.estimator)
         if self.blind_:
             return self._fit_blind(X, rows)
         if self.max_patches is not None and len(rows) > self.max_patches:
-            rng = check_random_state(self.random_state)
             rows = rows[np.sort(rng.choice(len(rows), self.max_patches, replace=False))]
         if self.estimator is None:
             est = LocalOutlierFactor(n_neighbors=20, novelty=True)

@@ -17,6 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .._kernels.coreset import greedy_coreset
 from .._kernels import patch_rows
 from .._kernels.ann import DEFAULT_APPROX_THRESHOLD, build_index
+from ..utils import seed_from
 from ._base import BaseDetector, PatchDetectorMixin
 from ._device import DeviceMixin
 
@@ -274,21 +275,22 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     # -- fit -----------------------------------------------------------------
     def _fit(self, X):
+        rng = check_random_state(self.random_state)
+        device = self._fit_device()
         n, _, h, w = X.shape
         hw = h * w
         patches = patch_rows(X)
         n_patches = patches.shape[0]
         ratio = 1.0 if self.coreset_ratio is None else float(self.coreset_ratio)
-        rng = check_random_state(self.random_state)
-        device = self._fit_device()
 
+        # an integer seed per randomised step (coreset, index), drawn from rng in order
         if ratio < 1.0:
             n_select = max(1, int(round(ratio * n_patches)))
             selected = greedy_coreset(
                 patches,
                 n_select,
                 projection_dim=self.projection_dim,
-                random_state=rng.randint(np.iinfo(np.int32).max),
+                random_state=seed_from(rng),
                 device=device,
             )
             selected = np.sort(np.asarray(selected, dtype=np.int64))
@@ -300,7 +302,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
             self.memory_bank_,
             method=self.nn_method,
             approx_threshold=DEFAULT_APPROX_THRESHOLD,
-            random_state=rng.randint(np.iinfo(np.int32).max),
+            random_state=seed_from(rng),
             device=device,
         )
         self.nn_method_ = self._index.method_

@@ -326,14 +326,14 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.random_state = random_state
 
     def _fit(self, X):
+        rng = check_random_state(self.random_state)
+        device = self._fit_device()
         n, _, h, w = X.shape
         if n < 2:
             raise ValueError(
                 "PatchCore needs at least 2 training images (training scores compare "
                 f"each image with the others); got {n} sample(s)"
             )
-        rng = check_random_state(self.random_state)
-        device = self._fit_device()
         rows = patch_rows(X)
         image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
         n_select = max(1, int(self.coreset_ratio * len(rows)))
