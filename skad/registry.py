@@ -43,10 +43,11 @@ _CLASS_NAMES = {
     "PatchOutlierDetector": "patch_lof",
     "PatchCluster": "patchcluster",
     "NPad": "npad",
+    "SMCC": "smcc",
 }
 
 # Report order: the baselines, then the seed methods, then anything new (lof is last).
-_ORDER = ["PatchCore", "PaDiM", "SPADE", "PatchOutlierDetector", "PatchCluster", "NPad"]
+_ORDER = ["PatchCore", "PaDiM", "SPADE", "PatchOutlierDetector", "PatchCluster", "NPad", "SMCC"]
 
 # Fast defaults for `skad benchmark` with no flags (the whole default run must finish in
 # under 10 minutes on 2 CPU cores). Only parameters the detector has are applied, so a
@@ -63,6 +64,7 @@ _SUMMARIES = {
     "patch_lof": "LocalOutlierFactor on every patch vector (PatchOutlierDetector)",
     "patchcluster": "PatchCluster: blind kNN on the scored set itself, no self-matches",
     "npad": "N-pad: Gaussians from neighbouring positions plus k-means centroids",
+    "smcc": "SMCC: backbone self-updated towards GMM centers, one-batch memory, kNN",
     "lof": "LocalOutlierFactor on globally pooled features (image level, no maps)",
 }
 
@@ -337,7 +339,8 @@ def make_model(name, extractor, *, params=None, random_state=None, blind=False, 
     """A full :class:`~skad.pipeline.AnomalyPipeline`: ``extractor`` then the detector.
 
     A detector whose spec takes images (``input="images"``) holds its own extractor:
-    ``extractor`` is then not used.
+    an unfitted clone of ``extractor`` becomes its ``extractor`` parameter (unless
+    ``params`` sets one), so every detector of a run sees the same features.
 
     Parameters
     ----------
@@ -367,5 +370,8 @@ def make_model(name, extractor, *, params=None, random_state=None, blind=False, 
         name, params=params, random_state=random_state, blind=blind, specs=specs
     )
     if get_detector(name, specs).input == "images":
+        final = steps[-1]
+        if "extractor" in final.get_params(deep=False) and "extractor" not in (params or {}):
+            final.set_params(extractor=clone(extractor))
         return make_pipeline(*steps)
     return make_pipeline(extractor, *steps)

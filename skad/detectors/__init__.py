@@ -1,20 +1,23 @@
 """Anomaly detectors: one module per method, all with the scikit-learn outlier API."""
 
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, ImageDetectorMixin, PatchDetectorMixin
 from .npad import NPad
 from .padim import PaDiM
 from .patch_outlier import PatchOutlierDetector
 from .patchcluster import PatchCluster
 from .patchcore import PatchCore
+from .smcc import SMCC
 from .spade import SPADE
 
 __all__ = [
     "BaseDetector",
+    "ImageDetectorMixin",
     "NPad",
     "PaDiM",
     "PatchCluster",
     "PatchCore",
     "PatchDetectorMixin",
     "PatchOutlierDetector",
+    "SMCC",
     "SPADE",
 ]
