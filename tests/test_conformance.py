@@ -1,13 +1,20 @@
-"""scikit-learn conformance of the patch detectors on the 2-D path, pipelines, pickling."""
+"""scikit-learn conformance of every registered detector that takes 2-D input.
 
-import joblib
-import numpy as np
+One ``parametrize_with_checks`` over the detectors :func:`skad.registry.available_detectors`
+finds (so a new detector is checked as soon as it is exported) plus extra parameter
+variants, with one table of expected failures and a reason per detector kind.
+"""
+
 import pytest
+from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skad.detectors import SPADE, PaDiM, PatchCore, PatchOutlierDetector
+from skad.detectors import SPADE, NPad, PaDiM, PatchCluster, PatchCore, PatchOutlierDetector
+from skad.registry import available_detectors
+
+_OUTLIER_CHECKS = ("check_outliers_fit_predict", "check_outliers_train")
 
 # Memory-bank detectors score a training sample against the *other* training samples
 # when setting offset_ (otherwise every training sample would match itself at
@@ -18,24 +25,70 @@ _MEMORY_BANK_REASON = (
     "so predict on the training set does not flag a `contamination` fraction"
 )
 
-
 _AUTO_REASON = (
     "contamination='auto' sets offset_ at the least normal training sample (no training "
     "sample flagged, BaseDetector), while the check expects both labels on the training set"
 )
 
+# PatchCore's default coreset (10 %) of the 10-sample sets these checks fit on is a
+# one-row bank; the leave-own-image-out training scores then find no eligible row for
+# that row's image and the search raises (a limitation of tiny training sets; the
+# variants below check PatchCore with coreset_ratio=0.5).
+_ONE_ROW_BANK_CHECKS = ("check_n_features_in_after_fitting", "check_estimators_nan_inf",
+                        "check_classifier_data_not_an_array", "check_fit2d_1feature")
+_ONE_ROW_BANK_REASON = (
+    "coreset_ratio < 0.2 of 10 training samples keeps one bank row: no row left for its "
+    "own image's leave-own-image-out training score"
+)
+
+# Position-wise Gaussians through the shared Mahalanobis kernel (N-pad's many
+# offsets and shifts): results may differ by about one ulp (~2e-7) between a batch of
+# 1 and of n, where the checks demand 1e-7 (passes on some machines).
+_ULP_REASON = "float32 batched triangular solves differ by ~1 ulp between batch sizes"
+
 
 def _expected_failed_checks(estimator):
     failed = {}
-    if estimator.contamination == "auto":
-        failed.update(check_outliers_fit_predict=_AUTO_REASON, check_outliers_train=_AUTO_REASON)
     if isinstance(estimator, (PatchCore, SPADE)):
-        failed.update(check_outliers_fit_predict=_MEMORY_BANK_REASON,
-                      check_outliers_train=_MEMORY_BANK_REASON)
+        failed.update(dict.fromkeys(_OUTLIER_CHECKS, _MEMORY_BANK_REASON))
+    elif estimator.contamination == "auto" and not isinstance(estimator, PatchCluster):
+        # PatchCluster (blind) reads "auto" as a robust rule on its training scores,
+        # which flags some of them: it passes
+        failed.update(dict.fromkeys(_OUTLIER_CHECKS, _AUTO_REASON))
+    if isinstance(estimator, PatchCore) and estimator.coreset_ratio < 0.2:
+        failed.update(dict.fromkeys(_ONE_ROW_BANK_CHECKS, _ONE_ROW_BANK_REASON))
+    if isinstance(estimator, NPad):
+        failed.update(check_methods_subset_invariance=_ULP_REASON,
+                      check_methods_sample_order_invariance=_ULP_REASON)
     return failed
 
 
-ESTIMATORS = [
+def _checking_params(estimator):
+    """The CPU and a fixed seed, where the detector has those parameters."""
+    params = estimator.get_params(deep=False)
+    fixed = {k: v for k, v in (("device", "cpu"), ("random_state", 0)) if k in params}
+    return clone(estimator).set_params(**fixed)
+
+
+def _registered():
+    """Every registered detector (registry defaults) that accepts 2-D ``(n, d)`` input.
+
+    Patch detectors take ``(n, d)`` as 1x1 patch maps, so scikit-learn's own checks
+    apply. Detectors whose tags say they take images (``two_d_array`` False: the
+    trained detectors that hold their own extractor, e.g. SMCC) are left out; their
+    tests check the same API on images. Steps before the detector (``lof``'s
+    GlobalPool before scikit-learn's own LocalOutlierFactor) mean it is not a skad
+    detector: left out too.
+    """
+    return [
+        _checking_params(spec.estimator)
+        for spec in available_detectors().values()
+        if not spec.pre and spec.estimator.__sklearn_tags__().input_tags.two_d_array
+    ]
+
+
+# parameter variants beyond the registry's defaults
+_VARIANTS = [
     PatchCore(coreset_ratio=0.5, n_neighbors=3, random_state=0, device="cpu"),
     PatchCore(coreset_ratio=1.0, random_state=0, device="cpu"),
     PatchCore(coreset_ratio=0.5, contamination=0.1, random_state=0, device="cpu"),
@@ -45,7 +98,17 @@ ESTIMATORS = [
     PatchOutlierDetector(LocalOutlierFactor(n_neighbors=10, novelty=True)),
     PatchOutlierDetector(contamination=0.1),
     PatchOutlierDetector(IsolationForest(n_estimators=20, random_state=0), random_state=0),
+    PatchCluster(),
+    PatchCluster(exclude="image", reweight="mean"),
 ]
+
+ESTIMATORS = _registered() + _VARIANTS
+
+
+def test_every_registered_2d_detector_is_checked():
+    checked = {type(e) for e in ESTIMATORS}
+    assert {PatchCore, PaDiM, SPADE, PatchOutlierDetector, PatchCluster, NPad} <= checked
+    assert len({repr(e) for e in ESTIMATORS}) == len(ESTIMATORS)  # readable, unique ids
 
 
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failed_checks)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 from sklearn.base import clone
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skad.detectors.patchcluster import PatchCluster, default_n_neighbors
 
@@ -197,11 +196,6 @@ def test_rejects_images():
     images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="PatchFeatureExtractor"):
         PatchCluster().fit(images)
-
-
-@parametrize_with_checks([PatchCluster(), PatchCluster(exclude="image", reweight="mean")])
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def test_nearest_reweighting_matches_patchcore_without_exclusion():
