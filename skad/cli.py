@@ -573,9 +573,8 @@ def main(argv=None, *, stdout=None):
     patchcore ...
     True
     """
-    from sklearn.utils._param_validation import InvalidParameterError
-
     from .registry import UnknownDetectorError
+    from .utils._sklearn_compat import InvalidParameterError
 
     out = sys.stdout if stdout is None else stdout
     argv = list(sys.argv[1:] if argv is None else argv)

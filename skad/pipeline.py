@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.pipeline import Pipeline, _name_estimators
-from sklearn.utils import _safe_indexing
+from sklearn.pipeline import Pipeline
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from .utils._sklearn_compat import _name_estimators, _safe_indexing
 from .utils.validation import _is_path_sequence, check_images, labels_from_y
 
 __all__ = ["AnomalyPipeline", "make_pipeline"]

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
 from .._kernels.knn import knn_search
 from ..features.pooling import local_average_pool
+from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, PatchDetectorMixin
 from ._device import DeviceMixin
 

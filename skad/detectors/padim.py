@@ -6,9 +6,9 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
 
 from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
+from ..utils._sklearn_compat import Interval
 from ._base import BaseDetector, PatchDetectorMixin
 from ._device import DeviceMixin
 

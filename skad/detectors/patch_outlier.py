@@ -9,10 +9,10 @@ import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .._kernels import patch_rows
 from .._kernels.knn import knn_search
+from ..utils._sklearn_compat import HasMethods, Interval, StrOptions
 from ._base import BaseDetector, PatchDetectorMixin
 from ._device import DeviceMixin
 from .patchcluster import _sample_digests

@@ -12,12 +12,12 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels.coreset import greedy_coreset
 from .._kernels import patch_rows
 from .._kernels.ann import DEFAULT_APPROX_THRESHOLD, build_index
 from ..utils import seed_from
+from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, PatchDetectorMixin
 from ._device import DeviceMixin
 

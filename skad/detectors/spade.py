@@ -5,10 +5,10 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import Interval
 
 from .._kernels import patch_rows
 from .._kernels.knn import knn_search
+from ..utils._sklearn_compat import Interval
 from ._base import BaseDetector, PatchDetectorMixin
 from ._device import DeviceMixin
 

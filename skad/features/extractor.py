@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..utils import resolve_device, torch_threads
 from ..utils._loading import loaded_device
+from ..utils._sklearn_compat import Interval, StrOptions
 from ..utils.validation import check_images
 from .backbones import BACKBONES, DEFAULT_LAYERS, build_backbone, truncate_backbone
 from .pooling import local_average_pool

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ..utils._sklearn_compat import StrOptions
 
 __all__ = ["GlobalPool", "local_average_pool"]
 

@@ -7,8 +7,8 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.model_selection import BaseCrossValidator
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import _num_samples
 
+from ..utils._sklearn_compat import _num_samples
 from ..utils.validation import labels_from_y
 
 __all__ = ["OneClassSplit"]
