@@ -27,7 +27,7 @@ import numpy as np
 from .utils._torch import seed_from
 
 __all__ = ["OPTIMIZERS", "TrainResult", "iter_minibatches", "make_optimizer", "seeded",
-           "train_loop", "training_constraints"]
+           "train_loop", "training_constraints", "warmup_cosine"]
 
 #: optimisers a ``solver`` parameter may name
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -36,7 +36,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 def training_constraints():
     """``_parameter_constraints`` entries of the training parameters, declared once."""
     import torch
-    from sklearn.utils._param_validation import Interval, StrOptions
+    from .utils._sklearn_compat import Interval, StrOptions
 
     return {
         "epochs": [Interval(Integral, 1, None, closed="left"), None],
@@ -104,6 +104,30 @@ def make_optimizer(params, solver="adam", lr=1e-3, weight_decay=0.0, momentum=0.
     raise ValueError(f"solver: expected one of {OPTIMIZERS}; got {solver!r}")
 
 
+def warmup_cosine(warmup_ratio=0.1, min_factor=0.0):
+    """A ``lr_schedule`` for :func:`train_loop`: linear warm-up, then cosine decay.
+
+    The factor rises linearly from 0 to 1 over the first ``warmup_ratio`` of the
+    steps, then follows a half cosine down to ``min_factor`` at the last step.
+
+    Examples
+    --------
+    >>> from skad._training import warmup_cosine
+    >>> f = warmup_cosine(0.1, 0.0)
+    >>> [round(f(i, 10), 3) for i in (0, 1, 5, 9)]
+    [0.0, 1.0, 0.5, 0.0]
+    """
+    def factor(step, total):
+        warm = int(round(warmup_ratio * total))
+        if step < warm:
+            return step / warm
+        span = max(total - 1 - warm, 1)
+        t = min((step - warm) / span, 1.0)
+        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
 def iter_minibatches(n, batch_size, rng, *, shuffle=True, drop_last=False):
     """Index arrays of one epoch's mini-batches (a permutation drawn from ``rng``).
 
@@ -162,7 +186,7 @@ def _snapshot(modules):
 def train_loop(step, modules, images, *, batch_size, rng, solver="adam", lr=1e-3,
                weight_decay=0.0, epochs=None, max_iter=None, criterion="loss",
                parameters=None, on_epoch_end=None, drop_last=False, verbose=False,
-               desc="training"):
+               desc="training", lr_schedule=None):
     """Train ``modules`` with ``step`` over shuffled mini-batches of ``images``.
 
     Parameters
@@ -183,10 +207,12 @@ def train_loop(step, modules, images, *, batch_size, rng, solver="adam", lr=1e-3
     epochs, max_iter : int or None
         Budget: at most ``epochs`` passes and at most ``max_iter`` steps (at least one
         must be given; training stops at whichever comes first).
-    criterion : "loss" or callable
+    criterion : "loss", "last" or callable
         How the kept state is chosen after each epoch, lower = better: ``"loss"`` is
-        the epoch's mean training loss; a callable ``criterion() -> float`` is
-        evaluated after the epoch (the method's own measure).
+        the epoch's mean training loss; ``"last"`` keeps the final state (no snapshot;
+        for losses too noisy to rank epochs, e.g. on freshly synthesised batches); a
+        callable ``criterion() -> float`` is evaluated after the epoch (the method's
+        own measure).
     parameters : iterable of torch.nn.Parameter, optional
         What the optimiser updates (default: every parameter of ``modules`` with
         ``requires_grad``).
@@ -196,6 +222,9 @@ def train_loop(step, modules, images, *, batch_size, rng, solver="adam", lr=1e-3
         A tqdm bar over the steps, with the running loss.
     desc : str
         The bar's label.
+    lr_schedule : callable ``(step, total) -> float``, optional
+        Multiplies ``lr`` before each step (``step`` counts from 0, ``total`` is the
+        number of steps the budget allows), e.g. :func:`warmup_cosine`; None: constant.
 
     Returns
     -------
@@ -247,11 +276,15 @@ def train_loop(step, modules, images, *, batch_size, rng, solver="adam", lr=1e-3
                 if result.n_iter >= total:
                     break
                 batch = images.batch(idx)
+                if lr_schedule is not None:
+                    factor = float(lr_schedule(result.n_iter, total))
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * factor
                 optimizer.zero_grad(set_to_none=True)
                 loss = step(idx, batch, rng)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"{desc}: the training loss became {float(loss)} at step "
+                        f"{desc}: the training loss became {float(loss.detach())} at step "
                         f"{result.n_iter + 1}; lower lr (now {lr})"
                     )
                 loss.backward()
@@ -265,6 +298,12 @@ def train_loop(step, modules, images, *, batch_size, rng, solver="adam", lr=1e-3
                 break
             mean_loss = float(np.mean(losses))
             result.loss_history.append(mean_loss)
+            if criterion == "last":
+                result.criterion_history.append(mean_loss)
+                result.best_epoch = len(result.criterion_history) - 1
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, mean_loss)
+                continue
             value = mean_loss if criterion == "loss" else float(criterion())
             result.criterion_history.append(value)
             if value < best_value:
