@@ -44,10 +44,13 @@ _CLASS_NAMES = {
     "PatchCluster": "patchcluster",
     "NPad": "npad",
     "SMCC": "smcc",
+    "MemSeg": "memseg",
+    "LocalOCC": "local_occ",
 }
 
 # Report order: the baselines, then the seed methods, then anything new (lof is last).
-_ORDER = ["PatchCore", "PaDiM", "SPADE", "PatchOutlierDetector", "PatchCluster", "NPad", "SMCC"]
+_ORDER = ["PatchCore", "PaDiM", "SPADE", "PatchOutlierDetector", "PatchCluster", "NPad", "SMCC",
+          "MemSeg", "LocalOCC"]
 
 # Fast defaults for `skad benchmark` with no flags (the whole default run must finish in
 # under 10 minutes on 2 CPU cores). Only parameters the detector has are applied, so a
@@ -55,6 +58,8 @@ _ORDER = ["PatchCore", "PaDiM", "SPADE", "PatchOutlierDetector", "PatchCluster",
 _FAST_DEFAULTS = {
     "patchcore": {"coreset_ratio": 0.1},
     "patchcluster": {"coreset_ratio": 0.25},
+    "memseg": {"max_iter": 100},
+    "local_occ": {"epochs": 2},
 }
 
 _SUMMARIES = {
@@ -65,6 +70,8 @@ _SUMMARIES = {
     "patchcluster": "PatchCluster: blind kNN on the scored set itself, no self-matches",
     "npad": "N-pad: Gaussians from neighbouring positions plus k-means centroids",
     "smcc": "SMCC: backbone self-updated towards GMM centers, one-batch memory, kNN",
+    "local_occ": "LocalOCC (Lv et al.): mapping net to per-position centers, generated defects",
+    "memseg": "MemSeg: U-Net segmenting simulated defects, guided by a normal-image memory",
     "lof": "LocalOutlierFactor on globally pooled features (image level, no maps)",
 }
 
@@ -282,7 +289,8 @@ def _set_checked_params(estimator, params, name):
     return estimator
 
 
-def make_detector_steps(name, *, params=None, random_state=None, blind=False, specs=None):
+def make_detector_steps(name, *, params=None, random_state=None, blind=False, specs=None,
+                        extractor=None):
     """Fresh steps (after the feature extractor) for the detector ``name``.
 
     Parameters
@@ -300,6 +308,11 @@ def make_detector_steps(name, *, params=None, random_state=None, blind=False, sp
         on detectors that have it, so a patch never matches itself.
     specs : dict, optional
         Output of :func:`available_detectors`.
+    extractor : transformer, optional
+        The run's feature extractor: a detector that takes images, has an
+        ``extractor`` parameter and works on any extractor's features (class attribute
+        ``_shares_run_extractor``, e.g. SMCC) gets an unfitted clone of it (unless
+        ``params`` sets one), so every detector of a run sees the same features.
 
     Returns
     -------
@@ -331,6 +344,9 @@ def make_detector_steps(name, *, params=None, random_state=None, blind=False, sp
                 step.set_params(random_state=random_state)
     if blind and "exclude_self" in own and "exclude_self" not in params:
         final.set_params(exclude_self=True)
+    if (extractor is not None and getattr(final, "_shares_run_extractor", False)
+            and "extractor" not in params):
+        final.set_params(extractor=clone(extractor))
     _set_checked_params(final, params, spec.name)
     return steps
 
@@ -367,11 +383,9 @@ def make_model(name, extractor, *, params=None, random_state=None, blind=False, 
     from .pipeline import make_pipeline
 
     steps = make_detector_steps(
-        name, params=params, random_state=random_state, blind=blind, specs=specs
+        name, params=params, random_state=random_state, blind=blind, specs=specs,
+        extractor=extractor,
     )
     if get_detector(name, specs).input == "images":
-        final = steps[-1]
-        if "extractor" in final.get_params(deep=False) and "extractor" not in (params or {}):
-            final.set_params(extractor=clone(extractor))
         return make_pipeline(*steps)
     return make_pipeline(extractor, *steps)

@@ -392,7 +392,8 @@ def run_benchmark(
         if verbose:
             bar.set_postfix_str(name)
         steps = make_detector_steps(
-            name, params=params.get(name), random_state=random_state, blind=blind, specs=specs
+            name, params=params.get(name), random_state=random_state, blind=blind, specs=specs,
+            extractor=extractor,
         )
         spec = get_detector(name, specs)
         run = DetectorRun(spec.name, _changed_params(steps[-1]), input=spec.input)

@@ -154,3 +154,17 @@ def test_input_validation(fitted, data):
         _smcc(n_neighbors=10_000, self_update=False, memory_size=1).fit(data.train_images)
     with pytest.raises(ValueError, match="device"):
         _smcc(device="tpu").fit(data.train_images)
+
+
+def test_registry_gives_smcc_the_runs_extractor():
+    from skad import registry
+
+    ext = PatchFeatureExtractor(input_size=96, pooling=1)
+    pipe = registry.make_model("smcc", ext, random_state=0)
+    det = pipe.steps[-1][1]
+    assert isinstance(det, SMCC) and len(pipe.steps) == 1
+    assert det.extractor.input_size == 96 and det.extractor.pooling == 1
+    assert det.extractor is not ext and det.random_state == 0
+    own = PatchFeatureExtractor(input_size=32)
+    det = registry.make_model("smcc", ext, params={"extractor": own}).steps[-1][1]
+    assert det.extractor is own

@@ -190,6 +190,9 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     (True, (2, 64, 64))
     """
 
+    #: the registry gives it the run's extractor (any extractor's features work)
+    _shares_run_extractor = True
+
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,
         **training_constraints(),
