@@ -1,6 +1,7 @@
 """Anomaly detectors: one module per method, all with the scikit-learn outlier API."""
 
 from ._base import BaseDetector, ImageDetectorMixin, PatchDetectorMixin
+from .local_occ import LocalOCC
 from .npad import NPad
 from .padim import PaDiM
 from .patch_outlier import PatchOutlierDetector
@@ -12,6 +13,7 @@ from .spade import SPADE
 __all__ = [
     "BaseDetector",
     "ImageDetectorMixin",
+    "LocalOCC",
     "NPad",
     "PaDiM",
     "PatchCluster",
