@@ -2,17 +2,75 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from numbers import Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, clone
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._kernels.maps import resize_smooth
-from ..utils.validation import _is_path_sequence, check_images, check_patches
+from ..utils.validation import ImageSet, _is_path_sequence, check_images, check_patches
 
-__all__ = ["BaseDetector", "ImageDetectorMixin", "PatchDetectorMixin"]
+__all__ = ["BaseDetector", "ImageDetectorMixin", "PatchDetectorMixin", "conformal_offset"]
+
+#: folds of ``calibration="cv"`` (cross-fitted calibration scores)
+_CV_FOLDS = 5
+#: fewer training samples than this: "cv" falls back to in-sample scores
+_CV_MIN_SAMPLES = 4
+
+
+def conformal_offset(calibration_anomaly, false_alarm_rate):
+    """Split-conformal threshold on anomaly scores for a target false-alarm rate.
+
+    With ``n`` calibration anomaly scores of normal samples, the threshold is the
+    ``k``-th smallest, ``k = ceil((n + 1) (1 - false_alarm_rate))``; a new sample is
+    flagged when its anomaly score is strictly above it. If the calibration scores and
+    the new normal sample's score are exchangeable (the calibration samples were not
+    used to fit the model, and all are drawn alike), the probability of a false alarm
+    is at most ``false_alarm_rate`` whatever the distribution (Vovk et al. 2005;
+    Lei et al. 2018, Thm. 2.1), and at least ``false_alarm_rate - 1 / (n + 1)`` when
+    scores have no ties.
+
+    Parameters
+    ----------
+    calibration_anomaly : array-like of shape (n,)
+        Anomaly scores (higher = more anomalous) of held-out normal samples.
+    false_alarm_rate : float in (0, 1)
+
+    Returns
+    -------
+    threshold : float
+        ``+inf`` when ``k > n`` (too few calibration samples for the target: nothing
+        can be flagged with the guarantee).
+
+    Examples
+    --------
+    >>> from skad.detectors._base import conformal_offset
+    >>> conformal_offset([0.1, 0.2, 0.3, 0.4], 0.2)   # k = ceil(5 * 0.8) = 4
+    0.4
+    >>> conformal_offset([0.1, 0.2, 0.3, 0.4], 0.1)   # k = 5 > n
+    inf
+    """
+    a = np.sort(np.asarray(calibration_anomaly, dtype=np.float64).ravel())
+    n = len(a)
+    # the 1e-12 guards against (n + 1) * (1 - alpha) landing a hair above an integer
+    k = math.ceil((n + 1) * (1.0 - float(false_alarm_rate)) - 1e-12)
+    if k > n:
+        return float("inf")
+    return float(a[max(k, 1) - 1])
+
+
+def _take(X, idx):
+    """Rows ``idx`` of a validated input (ndarray or :class:`~skad.utils.ImageSet`)."""
+    if isinstance(X, ImageSet):
+        if X.array is not None:
+            return ImageSet(array=X.array[idx], name=X.name)
+        return ImageSet(paths=[X.paths[i] for i in idx], name=X.name)
+    return X[idx]
 
 
 class BaseDetector(OutlierMixin, BaseEstimator):
@@ -30,9 +88,23 @@ class BaseDetector(OutlierMixin, BaseEstimator):
       ``offset_`` from ``contamination`` (default: ``_score(X)[0]``; memory-bank
       detectors override it so a training sample is not scored against itself),
     - ``_validate_input(X, reset)``: validation (patch detectors use
-      :class:`PatchDetectorMixin`; image detectors validate images).
+      :class:`PatchDetectorMixin`; image detectors validate images),
+    - optionally ``_default_calibration()``: what ``calibration="auto"`` means
+      ("cv" here; "in_sample" where ``_offset_scores`` are already unbiased, and for
+      :class:`ImageDetectorMixin`),
 
-    and declare ``contamination`` and ``sigma`` parameters.
+    and declare ``contamination`` and ``sigma`` parameters, and, to expose them,
+    ``calibration`` (default "auto") and ``false_alarm_rate`` (default None).
+
+    Thresholds (``doc/operating.md``): ``fit`` computes calibration scores, anomaly
+    scores of normal samples the model did not fit (``calibration``: a held-out
+    fraction, cross-fitted folds "cv", or "in_sample" = ``_offset_scores``), stores
+    them as ``calibration_scores_`` (normality, like ``score_samples``) and sets
+    ``offset_`` from them: ``false_alarm_rate`` -> the split-conformal quantile
+    (:func:`conformal_offset`); ``contamination="auto"`` -> the least normal
+    calibration score (no calibration sample flagged: the conformal rule at
+    ``1 / (n_cal + 1)``); a float ``contamination`` -> that percentile.
+    :meth:`pvalues` gives conformal p-values against the same scores.
 
     The public API: ``fit``, ``score_samples`` (higher = more normal),
     ``decision_function`` (= ``score_samples - offset_``, negative = anomalous),
@@ -43,6 +115,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "sigma": [Interval(Real, 0, None, closed="left")],
+        # declared here for every detector; a detector takes them as parameters by
+        # listing them in __init__ (the others get the defaults through getattr)
+        "calibration": [StrOptions({"auto", "in_sample", "cv"}),
+                        Interval(Real, 0, 1, closed="neither")],
+        "false_alarm_rate": [Interval(Real, 0, 1, closed="neither"), None],
     }
 
     def fit(self, X, y=None):
@@ -64,47 +141,189 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         self._validate_params()
         X = self._validate_input(X, reset=True)
-        self._fit(X)
+        self.calibration_ = self._calibration_mode(len(X))
+        if self.calibration_ == "split":
+            fit_idx, cal_idx = self._calibration_split(len(X))
+            self._fit(_take(X, fit_idx))
+            self._calibration_input = _take(X, cal_idx)
+        else:
+            self._fit(X)
         self._set_offset(X)
         return self
 
     # -- offset / thresholds -------------------------------------------------
+    # How offset_ is set (doc/operating.md):
+    # 1. calibration scores: anomaly scores of normal samples the model did not fit
+    #    (calibration_, see _calibration_mode);
+    # 2. offset_ from them: false_alarm_rate -> split-conformal quantile; contamination
+    #    "auto" -> the least normal calibration score (no calibration sample flagged);
+    #    a float contamination -> that percentile of the calibration scores.
     def _score_images(self, X):
         return self._score(X)[0]
 
     def _offset_scores(self, X):
         return self._score_images(X)
 
-    def _set_offset(self, X):
-        train_anomaly = np.asarray(self._offset_scores(X), dtype=np.float64)
-        self.train_scores_ = -train_anomaly
+    def _default_calibration(self):
+        """What ``calibration="auto"`` means for this detector.
+
+        "cv" (cross-fitted scores) unless the detector's ``_offset_scores`` already
+        leave each training image out (memory banks: PatchCore, SPADE override this
+        to "in_sample").
+        """
+        return "cv"
+
+    def _calibration_mode(self, n):
+        mode = getattr(self, "calibration", "auto")
+        if mode == "auto":
+            mode = self._default_calibration()
+        if isinstance(mode, Real) and not isinstance(mode, bool):
+            n_cal = int(round(float(mode) * n))
+            if n_cal < 1 or n - n_cal < 1:
+                raise ValueError(
+                    f"calibration={mode!r} holds out {n_cal} of the {n} training samples; "
+                    "the fraction must leave at least one sample for fitting and one for "
+                    "calibration (use more samples or calibration='in_sample')"
+                )
+            return "split"
+        if mode == "cv" and n < _CV_MIN_SAMPLES:
+            return "in_sample"  # too few samples to leave any out
+        return mode
+
+    def _split_rng(self):
+        # the split follows random_state where the detector has one, else a fixed seed:
+        # never the global RNG, and the same fit gives the same threshold
+        seed = getattr(self, "random_state", None)
+        return check_random_state(0 if seed is None else seed)
+
+    def _calibration_split(self, n):
+        perm = self._split_rng().permutation(n)
+        n_cal = int(round(float(self.calibration) * n))
+        return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
+
+    def _cross_fit_scores(self, X):
+        """Anomaly score of each training sample from a model fitted without its fold."""
+        n = len(X)
+        folds = np.array_split(self._split_rng().permutation(n), min(_CV_FOLDS, n))
+        scores = np.empty(n, dtype=np.float64)
+        for test in folds:
+            train = np.setdiff1d(np.arange(n), test)
+            est = clone(self)
+            est._fit(est._validate_input(_take(X, train), reset=True))
+            scores[test] = est._score_images(est._validate_input(_take(X, np.sort(test)),
+                                                                 reset=False))
+        return scores
+
+    def _calibration_scores(self, X):
+        """Anomaly scores of the calibration samples, per ``calibration_``."""
+        if self.calibration_ == "split":
+            X_cal = self._calibration_input
+            del self._calibration_input
+            return self._score_images(X_cal)
+        if self.calibration_ == "cv":
+            return self._cross_fit_scores(X)
+        return self._offset_scores(X)
+
+    def _offset_from(self, calibration_scores):
+        """``offset_`` from calibration normality scores (higher = more normal)."""
+        alpha = getattr(self, "false_alarm_rate", None)
+        if alpha is not None:
+            if self.contamination != "auto":
+                raise ValueError(
+                    f"got contamination={self.contamination!r} and false_alarm_rate="
+                    f"{alpha!r}: give one of them (leave contamination='auto')"
+                )
+            threshold = conformal_offset(-calibration_scores, alpha)
+            if not np.isfinite(threshold):
+                warnings.warn(
+                    f"false_alarm_rate={alpha} needs at least {math.ceil(1 / alpha) - 1} "
+                    f"calibration samples; got {len(calibration_scores)}: nothing will be "
+                    "flagged (offset_ = -inf)", UserWarning, stacklevel=3,
+                )
+            return -threshold
         if self.contamination == "auto":
-            # No false alarm on the training normals: the least normal training sample
-            # sits on the boundary (predicted normal).
-            self.offset_ = float(self.train_scores_.min())
-        else:
-            self.offset_ = float(np.percentile(self.train_scores_, 100.0 * self.contamination))
+            # No calibration sample flagged: the least normal one sits on the boundary.
+            # With unbiased calibration scores this is the conformal rule at
+            # false_alarm_rate = 1 / (n + 1) (conformal_offset with k = n).
+            return float(calibration_scores.min())
+        return float(np.percentile(calibration_scores, 100.0 * self.contamination))
+
+    def _set_offset(self, X):
+        anomaly = np.asarray(self._calibration_scores(X), dtype=np.float64)
+        self.calibration_scores_ = -anomaly
+        self.train_scores_ = self.calibration_scores_  # the earlier name, kept
+        self.offset_ = float(self._offset_from(self.calibration_scores_))
 
     def set_threshold(self, X_normal, false_alarm_rate=0.01):
-        """Set ``offset_`` so a fraction ``false_alarm_rate`` of held-out normals is flagged.
+        """Recalibrate on held-out normals: ``offset_`` for a target false-alarm rate.
+
+        ``X_normal`` becomes the calibration set (``calibration_scores_``, used by
+        :meth:`pvalues` too) and ``offset_`` its split-conformal quantile
+        (:func:`conformal_offset`): if ``X_normal`` and future normal samples are
+        drawn alike, at most a fraction ``false_alarm_rate`` of them is flagged in
+        expectation.
 
         Parameters
         ----------
         X_normal : array-like
-            Held-out normal samples (never the anomalies of a test split).
-        false_alarm_rate : float in [0, 1), default=0.01
+            Held-out normal samples, not used in fit (never the anomalies of a test
+            split).
+        false_alarm_rate : float in (0, 1), default=0.01
 
         Returns
         -------
         self : object
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skad.detectors import PaDiM
+        >>> rng = np.random.default_rng(0)
+        >>> det = PaDiM(random_state=0).fit(rng.normal(size=(60, 4)))
+        >>> det = det.set_threshold(rng.normal(size=(99, 4)), false_alarm_rate=0.05)
+        >>> float(np.mean(det.predict(rng.normal(size=(2000, 4))) == -1)) < 0.1
+        True
         """
-        if not 0.0 <= float(false_alarm_rate) < 1.0:
+        if not 0.0 < float(false_alarm_rate) < 1.0:
             raise ValueError(
-                f"false_alarm_rate: expected a float in [0, 1); got {false_alarm_rate!r}"
+                f"false_alarm_rate: expected a float in (0, 1); got {false_alarm_rate!r}"
             )
         scores = self.score_samples(X_normal)
-        self.offset_ = float(np.percentile(scores, 100.0 * float(false_alarm_rate)))
+        self.calibration_scores_ = scores
+        self.offset_ = -conformal_offset(-scores, false_alarm_rate)
         return self
+
+    def pvalues(self, X):
+        """Conformal p-value of each sample against the calibration scores.
+
+        ``p = (1 + #{calibration anomaly scores >= its anomaly score}) / (n + 1)``:
+        small = unlike the normal calibration samples. For a new normal sample
+        exchangeable with the calibration samples, ``P(p <= a) <= a`` for every
+        ``a``; flagging ``p <= false_alarm_rate`` is the same rule as ``predict``
+        with that ``false_alarm_rate``.
+
+        Parameters
+        ----------
+        X : array-like
+
+        Returns
+        -------
+        p : ndarray of shape (n_samples,), values in [1 / (n_cal + 1), 1]
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skad.detectors import PaDiM
+        >>> rng = np.random.default_rng(0)
+        >>> det = PaDiM(random_state=0).fit(rng.normal(size=(50, 3)))
+        >>> p = det.pvalues(np.vstack([np.zeros(3), np.full(3, 10.0)]))
+        >>> bool(p[0] > 0.5), float(p[1]) == 1 / (len(det.calibration_scores_) + 1)
+        (True, True)
+        """
+        anomaly = -self.score_samples(X)
+        cal = np.sort(-np.asarray(self.calibration_scores_, dtype=np.float64))
+        n_ge = len(cal) - np.searchsorted(cal, anomaly, side="left")
+        return (1.0 + n_ge) / (len(cal) + 1.0)
 
     # -- scoring -------------------------------------------------------------
     def _checked_input(self, X):
@@ -258,6 +477,11 @@ class ImageDetectorMixin:
     """
 
     _min_train_images = 2
+
+    def _default_calibration(self):
+        # cross-fitting would train the network 5 more times: in-sample scores (the
+        # detectors' own _offset_scores) unless the user asks for "cv" or a split
+        return "in_sample"
 
     def _validate_input(self, X, reset):
         try:

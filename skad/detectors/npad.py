@@ -12,78 +12,29 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.utils import check_random_state
 
 from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
 from .._kernels.knn import knn_search
+from .._kernels.spatial import (
+    bhattacharyya_weights,
+    neighbour_index,
+    shift_maps,
+    weighted_gaussians,
+    window_offsets,
+)
 from ..features.pooling import local_average_pool
 from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, PatchDetectorMixin
 from ._device import DeviceMixin
 
-__all__ = [
-    "NPad",
-    "bhattacharyya_weights",
-    "select_active_channels",
-    "shift_maps",
-    "weighted_gaussians",
-    "window_offsets",
-]
+__all__ = ["NPad"]
 
 _MODULES = ("A", "B", "C")
 
 
-# --------------------------------------------------------------------------- kernels
-def window_offsets(size: int) -> list[tuple[int, int]]:
-    """Offsets ``(dy, dx)`` of a ``size x size`` window around a position.
-
-    Odd sizes are centred (3 -> -1..1). Even sizes follow PyTorch's ``padding="same"``
-    convention and reach one further forward than backward (2 -> 0..1, 4 -> -1..2).
-    The offset ``(0, 0)`` is always included.
-
-    Parameters
-    ----------
-    size : int
-        Side length of the window, >= 1.
-
-    Returns
-    -------
-    offsets : list of (int, int)
-        Row-major, ``size * size`` entries.
-
-    Examples
-    --------
-    >>> from skad.detectors.npad import window_offsets
-    >>> window_offsets(2)
-    [(0, 0), (0, 1), (1, 0), (1, 1)]
-    >>> len(window_offsets(3))
-    9
-    """
-    size = int(size)
-    if size < 1:
-        raise ValueError(f"size: expected an int >= 1; got {size!r}")
-    lo, hi = -((size - 1) // 2), size // 2
-    return [(dy, dx) for dy in range(lo, hi + 1) for dx in range(lo, hi + 1)]
-
-
-def _neighbour_index(h: int, w: int, offsets, device=None):
-    """Flat index of ``p + offset`` for each position (clamped) and its validity mask.
-
-    Returns ``idx`` (K, h*w) long and ``valid`` (K, h*w) bool.
-    """
-    ys = torch.arange(h, device=device)[:, None].expand(h, w).reshape(-1)
-    xs = torch.arange(w, device=device)[None, :].expand(h, w).reshape(-1)
-    idx, valid = [], []
-    for dy, dx in offsets:
-        qy, qx = ys + dy, xs + dx
-        ok = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
-        idx.append(qy.clamp(0, h - 1) * w + qx.clamp(0, w - 1))
-        valid.append(ok)
-    return torch.stack(idx), torch.stack(valid)
-
-
+# --------------------------------------------------------------------------- channels
 def select_active_channels(X, n_channels: int, order: str = "fewest_nonzero") -> np.ndarray:
     """Channels ranked by how often they are active (> 0) over nominal patch features.
 
@@ -134,178 +85,6 @@ def select_active_channels(X, n_channels: int, order: str = "fewest_nonzero") ->
         counts += (X[start:start + 64] > 0).sum(axis=(0, 2, 3))
     key = counts if order == "fewest_nonzero" else -counts
     return np.sort(np.argsort(key, kind="stable")[: int(n_channels)])
-
-
-def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperature",
-                          eps=0.01, device=None):
-    """Neighbourhood similarity weights of N-pad's module A (eqs. 4-5).
-
-    For each position ``p`` and each neighbour ``q`` in its ``size x size`` window,
-    the Bhattacharyya distance between the two Gaussians with the log-determinant term
-    dropped (eq. 5), ``D_B(p, q) = 1/8 (mu_p - mu_q)^T S^-1 (mu_p - mu_q)`` with
-    ``S = (Sigma_p + Sigma_q) / 2 + eps I`` (the pair's average covariance, as in
-    eq. 4), turned into a similarity ``exp(-D_B / beta)`` (``beta_role="temperature"``)
-    or ``exp(-beta * D_B)`` (``beta_role="scale"``) and normalised over the window.
-    ``D_B`` is symmetric in ``(p, q)``; neighbours outside the map get weight 0.
-
-    Parameters
-    ----------
-    means : array-like of shape (h, w, d)
-    covs : array-like of shape (h, w, d, d)
-        Per-position covariances (without the ``eps`` ridge; it is added here).
-    size : int, default=3
-        Window side length ``s`` (see :func:`window_offsets`).
-    beta : float, default=0.25
-        Balancing parameter of eq. 4.
-    beta_role : {"temperature", "scale"}, default="temperature"
-        ``"temperature"`` divides ``D_B`` by ``beta`` (the paper's sentence: "larger
-        values of beta imply that more information is used from the neighbourhood");
-        ``"scale"`` multiplies it.
-    eps : float, default=0.01
-        Ridge added to the average covariance.
-    device : {"auto", "cpu", "cuda", "cuda:<index>"}, torch.device or None
-        Where the pairs' covariances are factorised (None: the CPU).
-
-    Returns
-    -------
-    weights : Tensor of float32, shape (h, w, size * size)
-        Sum to 1 over the last axis; order as :func:`window_offsets`.
-    distances : Tensor of float32, shape (h, w, size * size)
-        ``D_B`` (``inf`` for neighbours outside the map).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skad.detectors.npad import bhattacharyya_weights
-    >>> means = np.zeros((4, 4, 2), np.float32); means[:, 2:] = 1.0
-    >>> covs = np.broadcast_to(np.eye(2, dtype=np.float32), (4, 4, 2, 2))
-    >>> w, d = bhattacharyya_weights(means, covs)
-    >>> bool(np.allclose(w.sum(-1), 1.0))
-    True
-    """
-    means, covs = _as_tensor(means), _as_tensor(covs)
-    h, w, d = means.shape
-    offsets = window_offsets(size)
-    idx, valid = _neighbour_index(h, w, offsets)
-    mu = means.reshape(h * w, d)
-    cov = covs.reshape(h * w, d, d)
-    eye = torch.eye(d, dtype=torch.float32)
-    dist = torch.full((len(offsets), h * w), float("inf"))
-    for k, (dy, dx) in enumerate(offsets):
-        ok = valid[k]
-        if (dy, dx) == (0, 0):
-            dist[k] = 0.0
-            continue
-        if not ok.any():
-            continue
-        p = torch.nonzero(ok).squeeze(1)
-        q = idx[k, p]
-        delta = mu[p] - mu[q]
-        avg = 0.5 * (cov[p] + cov[q]) + eps * eye  # average covariance of eq. 4
-        chol = torch.from_numpy(cholesky_factors(avg, device=device))
-        z = torch.linalg.solve_triangular(chol, delta.unsqueeze(-1), upper=False)
-        dist[k, p] = 0.125 * z.square().sum(dim=(1, 2))  # D_B of eq. 5
-    scaled = dist / beta if beta_role == "temperature" else dist * beta
-    weights = torch.softmax(-scaled, dim=0)  # exp(-D) normalised; D(p, p) = 0 is finite
-    return (weights.T.reshape(h, w, len(offsets)).contiguous(),
-            dist.T.reshape(h, w, len(offsets)).contiguous())
-
-
-def weighted_gaussians(means, covs, weights, *, n_samples, size=3):
-    """Module A's re-estimated Gaussians (eq. 6) from neighbourhood weights.
-
-    The weighted sample mean and covariance of all nominal features in the window,
-    feature ``x_q^i`` weighted by ``w_pq / n``:
-    ``mu'_p = sum_q w_pq mu_q`` and
-    ``Sigma'_p = sum_q w_pq (Sigma_q + n / (n - 1) (mu_q - mu'_p)(mu_q - mu'_p)^T)``
-    (``Sigma_q`` with ``n - 1`` in the denominator; ``n = 1`` uses 1). Computed from
-    the per-position moments, without going back to the features.
-
-    Parameters
-    ----------
-    means : array-like of shape (h, w, d)
-    covs : array-like of shape (h, w, d, d)
-        Per-position sample covariances (no ridge).
-    weights : array-like of shape (h, w, size * size)
-        From :func:`bhattacharyya_weights`.
-    n_samples : int
-        Number of images the moments were computed from.
-    size : int, default=3
-
-    Returns
-    -------
-    means : Tensor of float32, shape (h, w, d)
-    covs : Tensor of float32, shape (h, w, d, d)
-        Without the ``eps`` ridge.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skad.detectors.npad import weighted_gaussians
-    >>> means = np.random.default_rng(0).normal(size=(3, 3, 2)).astype(np.float32)
-    >>> covs = np.broadcast_to(np.eye(2, dtype=np.float32), (3, 3, 2, 2))
-    >>> w = np.zeros((3, 3, 9), np.float32); w[..., 4] = 1.0   # centre only
-    >>> mu, cov = weighted_gaussians(means, covs, w, n_samples=5)
-    >>> bool(np.allclose(mu, means)), bool(np.allclose(cov, covs))
-    (True, True)
-    """
-    means, covs, weights = _as_tensor(means), _as_tensor(covs), _as_tensor(weights)
-    h, w, d = means.shape
-    offsets = window_offsets(size)
-    idx, valid = _neighbour_index(h, w, offsets)
-    mu = means.reshape(h * w, d)
-    cov = covs.reshape(h * w, d, d)
-    wts = weights.reshape(h * w, len(offsets)).T * valid  # (K, P); outside -> 0
-    new_mu = torch.einsum("kp,kpd->pd", wts, mu[idx])
-    factor = n_samples / max(n_samples - 1, 1)
-    new_cov = torch.zeros_like(cov)
-    for k in range(len(offsets)):
-        diff = mu[idx[k]] - new_mu
-        wk = wts[k][:, None, None]
-        new_cov += wk * (cov[idx[k]] + factor * diff[:, :, None] * diff[:, None, :])
-    return new_mu.reshape(h, w, d), new_cov.reshape(h, w, d, d)
-
-
-def shift_maps(maps, shift):
-    """Translate feature maps by a (possibly fractional) number of positions.
-
-    ``out[..., y, x] = maps[..., y - sy, x - sx]``, bilinear between positions and
-    edge values replicated at the border (``grid_sample`` with border padding).
-    A shift by ``-s`` undoes a shift by ``s`` away from the border.
-
-    Parameters
-    ----------
-    maps : Tensor of shape (n, C, h, w)
-    shift : (float, float)
-        ``(sy, sx)`` in positions of the map.
-
-    Returns
-    -------
-    shifted : Tensor of shape (n, C, h, w)
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skad.detectors.npad import shift_maps
-    >>> x = torch.arange(4.0).reshape(1, 1, 1, 4)
-    >>> shift_maps(x, (0, 1))[0, 0, 0].tolist()
-    [0.0, 0.0, 1.0, 2.0]
-    >>> [round(v, 4) for v in shift_maps(x, (0, 0.5))[0, 0, 0].tolist()]
-    [0.0, 0.5, 1.5, 2.5]
-    """
-    sy, sx = float(shift[0]), float(shift[1])
-    if sy == 0.0 and sx == 0.0:
-        return maps
-    n, _, h, w = maps.shape
-    ys = torch.arange(h, dtype=maps.dtype) - sy
-    xs = torch.arange(w, dtype=maps.dtype) - sx
-    # align_corners=True: -1 and 1 are the centres of the first and last positions
-    gy = 2.0 * ys / (h - 1) - 1.0 if h > 1 else torch.zeros(h, dtype=maps.dtype)
-    gx = 2.0 * xs / (w - 1) - 1.0 if w > 1 else torch.zeros(w, dtype=maps.dtype)
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)
-    grid = grid.unsqueeze(0).expand(n, h, w, 2)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border",
-                         align_corners=True)
 
 
 # --------------------------------------------------------------------------- estimator
@@ -372,9 +151,8 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
     kmeans_batch_size : int, default=4096
         Batch size of :class:`~sklearn.cluster.MiniBatchKMeans`.
     kmeans_max_iter : int, default=1
-        Passes (epochs) of MiniBatchKMeans over the aggregated features; one pass
-        over bottle's 164k aggregated features with 16k centres takes about a
-        minute on one CPU core.
+        Passes (epochs) of MiniBatchKMeans over the aggregated features (each costs
+        ``n * h * w * n_centres * d`` multiply-adds: timing in ``doc/npad.md``).
     chunk_size : int, default=256
         Positions per chunk in fit (bounds the covariance temporaries).
     batch_size : int, default=32
@@ -386,7 +164,25 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
     random_state : int, RandomState instance or None, default=None
         Seeds k-means.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets ``offset_`` from the training scores (see :class:`BaseDetector`).
+        How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
+        is None: "auto" puts it at the least normal calibration sample (none flagged;
+        with unbiased calibration scores, new normal samples are flagged with
+        probability at most ``1 / (n_cal + 1)``); a float flags that fraction of the
+        calibration samples.
+    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+        The normal samples whose scores set ``offset_`` (``calibration_``,
+        ``calibration_scores_``): "in_sample" the training samples (biased: the
+        Gaussians were fitted on them); "cv" each training sample scored by a model
+        fitted without its fold (5 folds; the model kept is fitted on all samples); a
+        float holds that fraction of the training samples out of fit (the exact
+        split-conformal setting: the model kept is fitted on the rest); "auto": "cv".
+        See ``doc/operating.md``.
+    false_alarm_rate : float in (0, 1) or None, default=None
+        Target rate of normal samples flagged: ``offset_`` at the split-conformal
+        quantile of the calibration scores (the ``ceil((n_cal + 1)(1 - rate))``-th
+        smallest anomaly score), so a new normal sample is flagged with probability at
+        most ``false_alarm_rate`` when the calibration scores are unbiased. Leave
+        ``contamination="auto"`` with it.
     sigma : float, default=4.0
         Gaussian smoothing of upsampled maps, in pixels.
 
@@ -463,30 +259,9 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
       2 x 0.95 GB at 28x28 and 2 x 3.8 GB at 56x56 (plus the features, 209 bottle
       images x 56 x 56 x 550 floats = 1.4 GB, and their 3x3 average).
 
-    Evidence (``benchmarks/bench_npad.py``, bottle one-class, EfficientNet-Lite0
-    blocks 2+4, 256 -> 224, seed 0; full tables in ``benchmarks/results/npad.md``):
-
-    - The Bhattacharyya weights collapse onto the centre: neighbouring positions'
-      ``D_B`` has median ~71 (5 %: 21), so with ``beta=0.25`` the centre weight is
-      1.000 ("temperature") or 0.99 ("scale"), module A equals PaDiM on all 152
-      channels (pixel AUROC 0.9745 both) and ``beta_role`` changes pixel AUROC by
-      < 1e-4. Mixing in neighbours (``beta`` 32 or 256, temperature) lowers it to
-      0.967-0.968: bottle is well aligned.
-    - Channel ranking (A+C, d = 100 of 152): "most_nonzero" 0.9718 / PRO 0.854 vs
-      "fewest_nonzero" (the text) 0.9710 / 0.850; all 152 channels 0.9736 / 0.865.
-    - Table 3 on bottle (pixel AUROC): A 0.9745, B 0.9747, A+B 0.9746, A+C 0.9736,
-      A+B+C 0.9743, full (+ shifting) 0.9727. Module C (2x2 window) and the
-      feature-map shifting both cost a little here; on the rotated/cropped variant
-      (MAD-RTO) the full model (0.9682) also stays below A+B+C without shifting
-      (0.9696) and PaDiM-like A with ``neighborhood_size=1`` (0.9696).
-    - Shifting (A+B+C): pixel AUROC 0.9743 (none), 0.9741 / 0.9738 / 0.9735 / 0.9727
-      for ``max_shift`` 1-4 with "mean"; "min" at 4: 0.9736; four directions
-      ("axes") at 4: 0.9736 at 4x the cost; a whole-position step
-      (``shift_step=1``): 0.9509. The paper's defaults are kept, but
-      ``max_shift=0`` scored better and predicts about 3x faster here.
-    - ``score_neighborhood`` (A+B+C, no shift): 1 -> 0.9746, 2 -> 0.9743,
-      3 -> 0.9738, 5 -> 0.9737. ``top_k`` 1, 10, 50: image AUROC 1.0 for all
-      (bottle cannot separate them).
+    Measured effects of these choices and of each module on bottle (ablations of
+    ``beta``, ``channel_order``, ``modules``, shifting, ``score_neighborhood`` and
+    ``top_k``): ``doc/npad.md`` and ``benchmarks/results/npad.md``.
 
     References
     ----------
@@ -558,6 +333,8 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         device="auto",
         random_state=None,
         contamination="auto",
+        calibration="auto",
+        false_alarm_rate=None,
         sigma=4.0,
     ):
         self.n_channels = n_channels
@@ -581,6 +358,8 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.device = device
         self.random_state = random_state
         self.contamination = contamination
+        self.calibration = calibration
+        self.false_alarm_rate = false_alarm_rate
         self.sigma = sigma
 
     # -- parameters ----------------------------------------------------------
@@ -679,10 +458,10 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
             batch_size=int(self.kmeans_batch_size),
             max_iter=int(self.kmeans_max_iter),
             # only the centres are kept; the final labelling pass is skipped except
-            # for data within one batch (cheap there, and scikit-learn's one-step fit
-            # without labels fails on its inertia)
+            # for data within two batches (cheap there, and scikit-learn sets the
+            # inertia of a fit without labels from its second step on: fewer steps fail)
             compute_labels=bank.shape[0] * int(self.kmeans_max_iter)
-            <= int(self.kmeans_batch_size),
+            < 2 * int(self.kmeans_batch_size),
             random_state=rng,
         )
         km.fit(bank)
@@ -734,11 +513,11 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         feats = xb.permute(0, 2, 3, 1).reshape(n, h * w, d)
         size = int(self.score_neighborhood) if "C" in self.modules_ else 1
         offsets = window_offsets(size)
-        idx, valid = _neighbour_index(h, w, offsets)
+        idx, valid = neighbour_index(h, w, offsets)
         # distribution at q = p + offset scores the feature at p (eqs. 8-9): gather
         # x_{q - offset} to position q, score against q, map back to p. All offsets go
         # through one Mahalanobis call (one pass over the factors).
-        src = _neighbour_index(h, w, [(-dy, -dx) for dy, dx in offsets])[0]
+        src = neighbour_index(h, w, [(-dy, -dx) for dy, dx in offsets])[0]
         gathered = torch.cat([feats[:, src[k]] for k in range(len(offsets))])
         dist_q = _maha(gathered, self.means_a_, self.chol_a_, self.device_)
         dist_q = dist_q.reshape(len(offsets), n, -1)
@@ -775,16 +554,6 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
-
-
-def _as_tensor(a):
-    """float32 tensor view of an array (copied only when read-only or another dtype)."""
-    if isinstance(a, torch.Tensor):
-        return a.float()
-    arr = np.asarray(a, dtype=np.float32)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.from_numpy(arr)
 
 
 def _gaussians(block, eps, device=None):

@@ -120,11 +120,25 @@ None, default=None
     image_score : {"max", "mean"}, default="max"
         Reduction of each patch map to the image score.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets this detector's ``offset_`` (the estimator's own ``contamination`` only
-        affects its ``predict``, which is not used). "auto" puts the threshold at the
-        least normal training image (no training image flagged), so in the blind mode
-        pass the expected anomaly share as a float to get labels from
-        ``fit_predict``.
+        How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
+        is None: "auto" puts it at the least normal calibration sample (none flagged;
+        with unbiased calibration scores, new normal samples are flagged with
+        probability at most ``1 / (n_cal + 1)``); a float flags that fraction of the
+        calibration samples.
+    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+        The normal samples whose scores set ``offset_`` (``calibration_``,
+        ``calibration_scores_``): "in_sample" the training samples (biased for a novelty
+        LOF: a training patch is its own neighbour); "cv" each training sample scored by
+        a model fitted without its fold (5 folds; the model kept is fitted on all
+        samples); a float holds that fraction of the training samples out of fit (the
+        exact split-conformal setting: the model kept is fitted on the rest); "auto":
+        "cv"; "in_sample" for a blind (``novelty=False``) LOF. See ``doc/operating.md``.
+    false_alarm_rate : float in (0, 1) or None, default=None
+        Target rate of normal samples flagged: ``offset_`` at the split-conformal
+        quantile of the calibration scores (the ``ceil((n_cal + 1)(1 - rate))``-th
+        smallest anomaly score), so a new normal sample is flagged with probability at
+        most ``false_alarm_rate`` when the calibration scores are unbiased. Leave
+        ``contamination="auto"`` with it.
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps.
     random_state : int, RandomState instance or None, default=None
@@ -223,6 +237,8 @@ None, default=None
         max_patches=50_000,
         image_score="max",
         contamination="auto",
+        calibration="auto",
+        false_alarm_rate=None,
         sigma=4.0,
         random_state=None,
         device="auto",
@@ -231,6 +247,8 @@ None, default=None
         self.max_patches = max_patches
         self.image_score = image_score
         self.contamination = contamination
+        self.calibration = calibration
+        self.false_alarm_rate = false_alarm_rate
         self.sigma = sigma
         self.random_state = random_state
         self.device = device
@@ -291,6 +309,10 @@ None, default=None
     def _reduce(self, maps):
         flat = maps.reshape(maps.shape[0], -1)
         return flat.max(axis=1) if self.image_score == "max" else flat.mean(axis=1)
+
+    def _default_calibration(self):
+        # a blind LOF cannot score samples outside its fit: its own scores
+        return "in_sample" if _is_blind_lof(self.estimator) else "cv"
 
     def _offset_scores(self, X):
         if self.blind_:

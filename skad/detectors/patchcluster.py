@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 from .._kernels.coreset import greedy_coreset
 from .._kernels import patch_rows
 from .._kernels.ann import DEFAULT_APPROX_THRESHOLD, build_index
+from .._kernels.reweight import reweight_factor
 from ..utils import seed_from
 from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, PatchDetectorMixin
@@ -122,6 +123,20 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         median by more than 3 scaled MADs (``1.4826 * median |a - median(a)|``), a
         robust rule that needs no clean training set; a float flags that fraction of
         the training set.
+    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+        The normal samples whose scores set ``offset_`` (``calibration_``,
+        ``calibration_scores_``): "in_sample" the training samples scored blind, as
+        ``fit_predict`` scores them; "cv" each training sample scored by a model fitted
+        without its fold (5 folds; the model kept is fitted on all samples); a float
+        holds that fraction of the training samples out of fit (the exact
+        split-conformal setting: the model kept is fitted on the rest); "auto":
+        "in_sample". See ``doc/operating.md``.
+    false_alarm_rate : float in (0, 1) or None, default=None
+        Target rate of normal samples flagged: ``offset_`` at the split-conformal
+        quantile of the calibration scores (the ``ceil((n_cal + 1)(1 - rate))``-th
+        smallest anomaly score), so a new normal sample is flagged with probability at
+        most ``false_alarm_rate`` when the calibration scores are unbiased. Leave
+        ``contamination="auto"`` with it.
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled anomaly maps.
 
@@ -129,9 +144,11 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
     ----------
     memory_bank_ : ndarray of float32, shape (n_bank, n_features_in_)
         Patch features of the bank (coreset or all training patches).
-    bank_indices_ : ndarray of int64, shape (n_bank,)
+    coreset_indices_ : ndarray of int64, shape (n_bank,)
         Row of each bank entry among the training patches (patch ``p`` of training
-        image ``i`` is row ``i * h * w + p``).
+        image ``i`` is row ``i * h * w + p``), ascending.
+    index_ : :class:`~skad._kernels.ann.NeighborIndex`
+        The search over ``memory_bank_``.
     n_neighbors_ : int
         K actually used.
     nn_method_ : {"exact", "cells", "ivf", "nndescent"}
@@ -168,7 +185,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
     sample's stored result, any other sample is scored against the whole bank with no
     exclusion (one-class use: its patches are not in the bank). Recognition is per
     sample, so a subset, a permutation or a batch of the training set is recognised
-    too, and it costs one hash per sample (about 0.1 s per 100 MB of features). Only a
+    too, and it costs one hash per sample (a pass over the features). Only a
     byte-identical tensor is recognised: features recomputed non-deterministically
     (e.g. on a GPU) are new samples and match their training twin at distance about
     0; score the training set with the very array passed to ``fit`` (or use
@@ -190,10 +207,10 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
     PatchCore's for K = 1. The printed form can make the weight negative when
     ``a*`` exceeds the log-sum-exp of the distances to ``N(f*)`` (large K, features
     with large norms), so both readings are available (``reweight``). Measured on
-    bottle (EfficientNet-Lite0 features, ``benchmarks/results/patchcluster.md``), the
-    printed reading gave image AUROC 0.03 (Test) and 0.08 (Mix subset): the most
-    anomalous patches get the most negative weights. PatchCore's weight gave 1.0 on the
-    Mix subset, hence the default ``"nearest"``. ``N(f*)``
+    bottle (``doc/patchcluster.md``, ``benchmarks/results/patchcluster.md``), the
+    printed reading inverts the image ranking (the most anomalous patches get the most
+    negative weights) and PatchCore's weight does not, hence the default
+    ``"nearest"``. ``N(f*)``
     contains ``f*`` itself (as in PatchCore) and never the scored patch ``f_i*``
     (nor, with ``exclude="image"``, its image's patches). Sums of exponentials are
     computed as log-sum-exp (no overflow).
@@ -259,6 +276,8 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         device="auto",
         random_state=None,
         contamination="auto",
+        calibration="auto",
+        false_alarm_rate=None,
         sigma=4.0,
     ):
         self.n_neighbors = n_neighbors
@@ -271,6 +290,8 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.device = device
         self.random_state = random_state
         self.contamination = contamination
+        self.calibration = calibration
+        self.false_alarm_rate = false_alarm_rate
         self.sigma = sigma
 
     # -- fit -----------------------------------------------------------------
@@ -296,16 +317,16 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
             selected = np.sort(np.asarray(selected, dtype=np.int64))
         else:
             selected = np.arange(n_patches, dtype=np.int64)
-        self.bank_indices_ = selected
+        self.coreset_indices_ = selected
         self.memory_bank_ = patches[selected]
-        self._index = build_index(
+        self.index_ = build_index(
             self.memory_bank_,
             method=self.nn_method,
             approx_threshold=DEFAULT_APPROX_THRESHOLD,
             random_state=seed_from(rng),
             device=device,
         )
-        self.nn_method_ = self._index.method_
+        self.nn_method_ = self.index_.method_
 
         # Exclusion groups (the search never returns a bank entry of the query's group).
         if self.exclude == "self":
@@ -353,6 +374,9 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self._train_digests = first
         return self
 
+    def _default_calibration(self):
+        return "in_sample"  # blind: the training set is the set scored
+
     def _offset_scores(self, X):
         return self._train_anomaly
 
@@ -380,7 +404,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         step = max(1, 16384 // hw) * hw
         for start in range(0, n_images * hw, step):
             stop = min(start + step, n_images * hw)
-            dist, idx = self._index.query(
+            dist, idx = self.index_.query(
                 patches[start:stop],
                 k,
                 query_groups=None if query_groups is None else query_groups[start:stop],
@@ -407,9 +431,10 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         return anomaly, maps.reshape(n_images, *shape)
 
     def _reweight_factor(self, f_i_star, f_star_idx, d_nearest, a_star, groups):
-        """``1 - exp(u) / sum_{f in N(f*)} exp(dist(f_i*, f))`` of eq. 3, per image."""
+        """``1 - exp(u) / sum_{f in N(f*)} exp(dist(f_i*, f))`` of eq. 3, per image
+        (PatchCore's eq. 7 weight, :func:`~skad._kernels.reweight.reweight_factor`)."""
         bank = self.memory_bank_
-        _, nb_idx = self._index.query(
+        _, nb_idx = self.index_.query(
             bank[f_star_idx],
             self._n_reweight,
             query_groups=groups,  # N(f*) never holds the scored patch itself
@@ -417,10 +442,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         )
         diff = bank[nb_idx].astype(np.float64) - f_i_star[:, None, :].astype(np.float64)
         d = np.sqrt(np.einsum("nbc,nbc->nb", diff, diff))  # dist(f_i*, f), f in N(f*)
-        d_max = d.max(axis=1)
-        log_denominator = d_max + np.log(np.exp(d - d_max[:, None]).sum(axis=1))
-        u = a_star if self.reweight == "mean" else d_nearest
-        return 1.0 - np.exp(u - log_denominator)
+        return reweight_factor(a_star if self.reweight == "mean" else d_nearest, d)
 
     def _score(self, X):
         n, _, h, w = X.shape

@@ -35,6 +35,25 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
         Blind use (score the fitted set): skip each image's nearest training image
         (itself) at both levels.
     contamination : "auto" or float in (0, 0.5], default="auto"
+        How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
+        is None: "auto" puts it at the least normal calibration sample (none flagged;
+        with unbiased calibration scores, new normal samples are flagged with
+        probability at most ``1 / (n_cal + 1)``); a float flags that fraction of the
+        calibration samples.
+    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+        The normal samples whose scores set ``offset_`` (``calibration_``,
+        ``calibration_scores_``): "in_sample" the training samples, each against the
+        *other* training images (leave-one-image-out, unbiased); "cv" each training
+        sample scored by a model fitted without its fold (5 folds; the model kept is
+        fitted on all samples); a float holds that fraction of the training samples out
+        of fit (the exact split-conformal setting: the model kept is fitted on the
+        rest); "auto": "in_sample". See ``doc/operating.md``.
+    false_alarm_rate : float in (0, 1) or None, default=None
+        Target rate of normal samples flagged: ``offset_`` at the split-conformal
+        quantile of the calibration scores (the ``ceil((n_cal + 1)(1 - rate))``-th
+        smallest anomaly score), so a new normal sample is flagged with probability at
+        most ``false_alarm_rate`` when the calibration scores are unbiased. Leave
+        ``contamination="auto"`` with it.
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps (the paper uses 4).
     device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
@@ -104,6 +123,8 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
         n_pixel_neighbors=1,
         exclude_self=False,
         contamination="auto",
+        calibration="auto",
+        false_alarm_rate=None,
         sigma=4.0,
         device="auto",
     ):
@@ -111,6 +132,8 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.n_pixel_neighbors = n_pixel_neighbors
         self.exclude_self = exclude_self
         self.contamination = contamination
+        self.calibration = calibration
+        self.false_alarm_rate = false_alarm_rate
         self.sigma = sigma
         self.device = device
 
@@ -167,6 +190,9 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     def _score(self, X):
         return self._spade_scores(X)
+
+    def _default_calibration(self):
+        return "in_sample"  # _offset_scores leave each training image out
 
     def _offset_scores(self, X):
         # image level only: the offset needs no pixel maps
