@@ -98,7 +98,7 @@ def build_parser():
     Examples
     --------
     >>> from skad.cli import build_parser
-    >>> build_parser().parse_args(["fit", "--train", "d", "-o", "m.joblib"]).detector
+    >>> build_parser().parse_args(["fit", "--train", "d", "-o", "m.skad"]).detector
     'patchcore'
     """
     from . import __version__
@@ -130,6 +130,8 @@ def build_parser():
     geo_help = ("images: resize (shorter side to an int, or HxW; 'none' keeps the size) then "
                 "centre crop (int or HxW; 'none' keeps it); default 256 then 224, the papers' "
                 "protocol")
+    crop_help = ("centre crop after --resize: int or HxW, 'none' keeps the resized image "
+                 "(default: 224)")
 
     b = sub.add_parser("benchmark", help="compare detectors on a data set and write a report",
                        description="Extract features once, fit and score every detector, and "
@@ -149,7 +151,7 @@ def build_parser():
     b.add_argument("--param", action="append", metavar="DETECTOR.NAME=VALUE",
                    help="detector parameter, value parsed as a Python literal (repeatable)")
     b.add_argument("--resize", type=_geometry_value, default=256, help=geo_help)
-    b.add_argument("--crop", type=_geometry_value, default=224, help=argparse.SUPPRESS)
+    b.add_argument("--crop", type=_geometry_value, default=224, help=crop_help)
     b.add_argument("--n-train", type=_positive_int, default=None,
                    help="synthetic data: number of normal training images")
     b.add_argument("--n-test", type=_positive_int, default=None,
@@ -163,21 +165,29 @@ def build_parser():
     f = sub.add_parser("fit", help="fit a detector on normal images and save the model",
                        description="Fit feature extractor + detector on a folder of normal "
                        "images (or an MVTec category folder: its train/good) and save the "
-                       "whole pipeline with joblib.")
+                       "whole pipeline as a skad model file (skad.save: it records the "
+                       "skad / scikit-learn / torch versions and loads without running code "
+                       "from the file).")
     f.add_argument("--train", required=True, metavar="DIR",
                    help="folder of normal images, or an MVTec AD category folder")
-    f.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file (.joblib)")
+    f.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (.skad)")
     f.add_argument("--detector", default="patchcore", help="detector name (default: patchcore)")
     f.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="detector parameter, value parsed as a Python literal (repeatable)")
     f.add_argument("--resize", type=_geometry_value, default=256, help=geo_help)
-    f.add_argument("--crop", type=_geometry_value, default=224, help=argparse.SUPPRESS)
+    f.add_argument("--crop", type=_geometry_value, default=224, help=crop_help)
     common(f)
 
     p = sub.add_parser("predict", help="score images with a saved model",
                        description="Anomaly scores (higher = more anomalous), +1/-1 decisions "
                        "and optional heatmap PNGs for every image of a folder.")
     p.add_argument("--model", required=True, help="model file written by 'skad fit'")
+    p.add_argument("--trust", action="append", default=[], metavar="MODULE",
+                   help="module whose classes the model file may hold besides skad, "
+                   "scikit-learn, numpy and scipy (your own detector's; repeatable)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                   help="an unreadable image: 'skip' scores the others, lists the bad files "
+                   "and exits with 2 at the end; 'stop' aborts at once (default: skip)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images to score")
     p.add_argument("-o", "--output", required=True, metavar="CSV", help="scores CSV file")
     p.add_argument("--recursive", action="store_true",
@@ -202,6 +212,15 @@ def _image_files(folder, recursive=False):
 
     found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _require_writable(folder, flag, what):
+    folder = Path(folder)
+    if not folder.exists():
+        raise UsageError(f"{flag}: folder of the {what} not found: {os.fspath(folder)}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot write the {what} in {os.fspath(folder)} "
+                         "(no permission)")
 
 
 def _require_dir(path, flag):
@@ -388,8 +407,7 @@ def _cmd_benchmark(args, out):
 
 
 def _cmd_fit(args, out):
-    import joblib
-
+    from ._persist import save
     from .features import PatchFeatureExtractor
     from .pipeline import AnomalyPipeline
     from .preprocessing import ResizeCrop
@@ -405,8 +423,7 @@ def _cmd_fit(args, out):
                       random_state=args.seed, specs=specs)
     files, folder = _training_files(args.train)
     out_path = Path(args.output)
-    if not out_path.parent.exists():
-        raise UsageError(f"-o: folder of the model file not found: {os.fspath(out_path.parent)}")
+    _require_writable(out_path.parent, "-o", "model file")
     # the loaders' geometry goes inside the model, so predict needs nothing else
     model = AnomalyPipeline(
         [("resizecrop", ResizeCrop(resize=args.resize, crop=args.crop)), *core.steps]
@@ -416,7 +433,7 @@ def _cmd_fit(args, out):
     fit_s = time.perf_counter() - t0
     # progress bars are for interactive runs; the saved model stays quiet when reloaded
     _quiet(model)
-    joblib.dump(model, out_path)
+    save(model, out_path)
     print(
         f"fitted {name} on {len(files)} images from {os.fspath(folder)} in {fit_s:.1f} s; "
         f"model saved to {os.fspath(out_path)}",
@@ -432,22 +449,16 @@ def _quiet(model):
             step.set_params(verbose=False)
 
 
-def _load_model(path):
-    import pickle
-
-    import joblib
+def _load_model(path, trusted=()):
+    from ._persist import ModelFileError, load
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--model: model file not found: {os.fspath(path)}")
     try:
-        model = joblib.load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, ImportError, OSError) as exc:
-        raise UsageError(
-            f"--model: cannot read model file {os.fspath(path)}: {type(exc).__name__}: {exc}"
-            .splitlines()[0]
-        ) from None
+        model = load(path, trusted=trusted)
+    except ModelFileError as exc:
+        raise UsageError(f"--model: cannot read model file: {_one_line(exc)}") from None
     if not (hasattr(model, "steps") and hasattr(model, "score_samples")):
         raise UsageError(
             f"--model: {os.fspath(path)} does not hold a skad model (found "
@@ -476,7 +487,9 @@ def _cmd_predict(args, out):
 
     from .preprocessing import ResizeCrop
 
-    model = _load_model(args.model)
+    # cheap checks first: loading a model takes seconds
+    if not Path(args.model).is_file():
+        raise UsageError(f"--model: model file not found: {os.fspath(args.model)}")
     folder = _require_dir(args.images, "--images")
     files = _image_files(folder, recursive=args.recursive)
     if not files:
@@ -487,8 +500,13 @@ def _cmd_predict(args, out):
             f"--images: no images ({', '.join(IMAGE_EXTENSIONS)}) in {os.fspath(folder)}{where}"
         )
     out_csv = Path(args.output)
-    if not out_csv.parent.exists():
-        raise UsageError(f"-o: folder of the scores file not found: {os.fspath(out_csv.parent)}")
+    _require_writable(out_csv.parent, "-o", "scores file")
+    if args.maps:
+        existing = Path(os.path.abspath(args.maps))
+        while not existing.exists():  # the folder is created (with its parents) later
+            existing = existing.parent
+        _require_writable(existing, "--maps", "heatmaps")
+    model = _load_model(args.model, trusted=args.trust)
     _quiet(model)
 
     pre = model.steps[0][1] if isinstance(model.steps[0][1], ResizeCrop) else None
@@ -502,21 +520,43 @@ def _cmd_predict(args, out):
         )
     threshold = args.threshold if args.threshold is not None else -float(final.offset_)
 
-    scores, maps, shown = [], [], []
-    bar = tqdm(total=len(files), desc="scoring", disable=args.quiet, leave=False)
-    for start in range(0, len(files), args.batch_size):
-        chunk = [os.fspath(f) for f in files[start:start + args.batch_size]]
+    def score(chunk):
         X = pre.transform(chunk) if pre is not None else chunk
         if with_maps:
             s, m = rest.score_and_map(X)
             if args.maps:
-                maps.extend(m.astype(np.float16))
-                shown.extend(X if pre is not None else [np.asarray(Image.open(c).convert("RGB")) for c in chunk])
-        else:
-            s = rest.anomaly_score(X)
-        scores.extend(np.asarray(s, dtype=np.float64))
+                m = m.astype(np.float16)
+                im = X if pre is not None else [
+                    np.asarray(Image.open(c).convert("RGB")) for c in chunk]
+                return np.asarray(s, dtype=np.float64), list(m), list(im)
+            return np.asarray(s, dtype=np.float64), [], []
+        return np.asarray(rest.anomaly_score(X), dtype=np.float64), [], []
+
+    scores, maps, shown, done, bad = [], [], [], [], []
+    bar = tqdm(total=len(files), desc="scoring", disable=args.quiet, leave=False)
+    for start in range(0, len(files), args.batch_size):
+        chunk = [os.fspath(f) for f in files[start:start + args.batch_size]]
+        try:
+            parts = [(chunk, score(chunk))]
+        except (ValueError, OSError):
+            if args.on_error == "stop":
+                raise
+            parts = []  # one file at a time, to keep the readable ones
+            for c in chunk:
+                try:
+                    parts.append(([c], score([c])))
+                except (ValueError, OSError) as exc:
+                    bad.append((c, _one_line(exc)))
+        for names, (s, m, im) in parts:
+            done.extend(names)
+            scores.extend(s)
+            maps.extend(m)
+            shown.extend(im)
         bar.update(len(chunk))
     bar.close()
+    if not done:
+        raise UsageError(f"--images: no image could be scored; first error: {bad[0][1]}")
+    files = [Path(f) for f in done]
     scores = np.asarray(scores)
     table = pd.DataFrame(
         {
@@ -538,7 +578,9 @@ def _cmd_predict(args, out):
             Image.fromarray(_heatmap_rgb(img, amap, vmin, vmax)).save(p)
             paths.append(os.fspath(p))
         table["heatmap"] = paths
-    table.to_csv(out_csv, index=False)
+    tmp_csv = out_csv.with_name(f".{out_csv.name}.tmp")
+    table.to_csv(tmp_csv, index=False)
+    os.replace(tmp_csv, out_csv)  # never a partial scores file
     n_anom = int((table["prediction"] == -1).sum())
     print(
         f"scored {len(files)} images: {n_anom} anomalous (anomaly_score > {threshold:.4g}); "
@@ -547,6 +589,12 @@ def _cmd_predict(args, out):
            if args.maps else ""),
         file=out,
     )
+    if bad:
+        print(f"{PROG} predict: {len(bad)} image(s) could not be scored (not in "
+              f"{os.fspath(out_csv)}):", file=sys.stderr)
+        for name, why in bad:
+            print(f"  {name}: {why}", file=sys.stderr)
+        return 2
     return 0
 
 

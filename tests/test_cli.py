@@ -12,6 +12,8 @@ import os
 
 import joblib
 import numpy as np
+
+import skad
 import pandas as pd
 import pytest
 from PIL import Image
@@ -118,16 +120,20 @@ def test_benchmark_writes_results_and_reports(bench):
 
 def test_fit_predict_reproduces_benchmark_scores(bench, folders, data, tmp_path):
     _, out, _ = bench
-    model = tmp_path / "m.joblib"
+    model = tmp_path / "m.skad"
     assert main(["fit", "--train", str(folders / "cat"), "-o", str(model),
                  "--detector", "mean_distance", "--resize", "none", "--crop", "none",
                  *FAST], stdout=io.StringIO()) == 0
-    pipe = joblib.load(model)
+    # MeanDistance is defined in this test module: loading it must be asked for
+    with pytest.raises(ValueError, match="trusted="):
+        skad.load(model)
+    pipe = skad.load(model, trusted=[MeanDistance.__module__])
     assert isinstance(pipe.steps[0][1], ResizeCrop)  # preprocessing inside the model
     csv = tmp_path / "scores.csv"
     maps = tmp_path / "maps"
     assert main(["predict", "--model", str(model), "--images", str(folders / "test_images"),
-                 "-o", str(csv), "--maps", str(maps), "--quiet"], stdout=io.StringIO()) == 0
+                 "-o", str(csv), "--maps", str(maps), "--quiet",
+                 "--trust", MeanDistance.__module__], stdout=io.StringIO()) == 0
     pred = pd.read_csv(csv)
     bench_scores = pd.read_csv(out / "scores.csv")["mean_distance"].to_numpy()
     np.testing.assert_allclose(pred["anomaly_score"], bench_scores, rtol=1e-4)
@@ -145,7 +151,7 @@ def test_fit_predict_reproduces_benchmark_scores(bench, folders, data, tmp_path)
 
 @pytest.fixture(scope="module")
 def lof_model(folders, tmp_path_factory):
-    model = tmp_path_factory.mktemp("lof") / "m.joblib"
+    model = tmp_path_factory.mktemp("lof") / "m.skad"
     assert main(["fit", "--train", str(folders / "cat" / "train" / "good"), "-o", str(model),
                  "--detector", "lof", "--param", "n_neighbors=3", "--resize", "none",
                  "--crop", "none", *FAST], stdout=io.StringIO()) == 0
@@ -153,7 +159,7 @@ def lof_model(folders, tmp_path_factory):
 
 
 def test_predict_threshold(lof_model, folders, tmp_path):
-    assert joblib.load(lof_model).steps[-1][1].n_neighbors == 3
+    assert skad.load(lof_model).steps[-1][1].n_neighbors == 3
     for thr, expected in (("1e9", 1), ("-1e9", -1)):
         csv = tmp_path / f"s{expected}.csv"
         assert main(["predict", "--model", str(lof_model), "--images",
@@ -179,6 +185,46 @@ def test_predict_input_errors(lof_model, folders, tmp_path, capsys):
     assert code == 2 and "no anomaly maps" in err
 
 
+def test_predict_checks_arguments_before_loading_the_model(lof_model, tmp_path, capsys,
+                                                           monkeypatch):
+    import skad.cli as cli
+
+    def slow_load(*a, **k):
+        raise AssertionError("the model was loaded before the cheap checks")
+
+    monkeypatch.setattr(cli, "_load_model", slow_load)
+    code, err = _run(["predict", "--model", str(lof_model), "--images",
+                      str(tmp_path / "missing"), "-o", str(tmp_path / "s.csv")], capsys)
+    assert code == 2 and "folder not found" in err
+
+
+def test_predict_skips_and_lists_unreadable_images(lof_model, folders, tmp_path, capsys):
+    images = tmp_path / "mixed"
+    images.mkdir()
+    for f in sorted(os.listdir(folders / "test_images"))[:3]:
+        (images / f).write_bytes((folders / "test_images" / f).read_bytes())
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (images / "empty.png").write_bytes(b"")
+    csv = tmp_path / "s.csv"
+    code, err = _run(["predict", "--model", str(lof_model), "--images", str(images), "-o",
+                      str(csv), "--batch-size", "2", "--quiet"], capsys)
+    assert code == 2
+    assert "2 image(s) could not be scored" in err
+    assert "broken.png" in err and "empty.png" in err
+    table = pd.read_csv(csv)
+    assert len(table) == 3 and not table["file"].str.contains("broken|empty").any()
+    # --on-error stop: nothing written
+    csv2 = tmp_path / "s2.csv"
+    code, err = _run(["predict", "--model", str(lof_model), "--images", str(images), "-o",
+                      str(csv2), "--on-error", "stop", "--quiet"], capsys)
+    assert code == 2 and "cannot read image file" in err and not csv2.exists()
+
+
+def test_crop_is_in_help(capsys):
+    assert main(["fit", "--help"], stdout=io.StringIO()) == 0
+    assert "--crop" in capsys.readouterr().out
+
+
 def _run(argv, capsys):
     code = main(argv, stdout=io.StringIO())
     err = capsys.readouterr().err.strip()
@@ -199,10 +245,16 @@ def _run(argv, capsys):
           "--param", "oops"], "NAME=VALUE"),
         (["predict", "--model", "/nonexistent.joblib", "--images", "{empty}", "-o", "s.csv"],
          "model file not found"),
-        (["predict", "--model", "{garbage}", "--images", "{empty}", "-o", "s.csv"],
-         "cannot read model file"),
-        (["predict", "--model", "{notmodel}", "--images", "{empty}", "-o", "s.csv"],
+        (["predict", "--model", "{garbage}", "--images", "{images}", "-o", "s.csv"],
+         "not a skad model file"),
+        (["predict", "--model", "{pickle}", "--images", "{images}", "-o", "s.csv"],
+         "looks like a pickle"),
+        (["predict", "--model", "{zero}", "--images", "{images}", "-o", "s.csv"],
+         "the file is empty (0 bytes), not a skad model"),
+        (["predict", "--model", "{notmodel}", "--images", "{images}", "-o", "s.csv"],
          "does not hold a skad model"),
+        (["predict", "--model", "{notmodel}", "--images", "{images}", "-o",
+          "/nonexistent/s.csv"], "folder of the scores file not found"),
         (["benchmark", "--detectors", "lfo"], "did you mean 'lof'"),
         (["benchmark", "--data", "/nonexistent/data"], "folder not found"),
         (["benchmark", "--param", "lof.n_neighbours=3", "--detectors", "lof"],
@@ -216,9 +268,17 @@ def test_error_paths_exit_2_with_one_line(argv, message, tmp_path, capsys):
     empty.mkdir()
     garbage = tmp_path / "garbage.joblib"
     garbage.write_bytes(b"not a pickle at all")
-    notmodel = tmp_path / "dict.joblib"
-    joblib.dump({"a": 1}, notmodel)
-    subs = {"{empty}": str(empty), "{garbage}": str(garbage), "{notmodel}": str(notmodel)}
+    pkl = tmp_path / "dict.joblib"
+    joblib.dump({"a": 1}, pkl)
+    notmodel = tmp_path / "dict.skad"
+    skad.save({"a": 1}, notmodel)
+    zero = tmp_path / "zero.skad"
+    zero.write_bytes(b"")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "a.png")
+    subs = {"{empty}": str(empty), "{garbage}": str(garbage), "{notmodel}": str(notmodel),
+            "{pickle}": str(pkl), "{zero}": str(zero), "{images}": str(images)}
     argv = [subs.get(a, a) for a in argv]
     code, err = _run(argv, capsys)
     assert code == 2
