@@ -18,7 +18,6 @@ from skad._kernels.ann import NeighborIndex
 from skad._kernels.knn import knn_search
 from skad.detectors import SPADE, NPad, PaDiM, PatchCluster, PatchCore, PatchOutlierDetector
 from skad.detectors.patch_outlier import self_excluded_knn_graph
-from skad.detectors.patchcore import reweighted_image_scores
 
 
 def _patch_data(n_train=16, n_test=6, c=5, h=5, w=5, seed=0):
@@ -106,33 +105,6 @@ def test_patchcore_training_scores_exclude_own_image():
     # blind use: exclude_self skips the patch itself
     blind = PatchCore(coreset_ratio=1.0, exclude_self=True).fit(X_train)
     assert blind.anomaly_map(X_train).min() > 0
-
-
-def test_patchcore_pruned_knn_is_exact():
-    # exact k-NN of a few rows by lower bounds in the principal subspace: the same
-    # neighbours as a full search, with a tight and a loose upper bound, with groups
-    from skad.detectors.patchcore import _bank_products, _pruned_knn
-
-    rng = np.random.default_rng(3)
-    bank = (rng.normal(size=(3000, 40)) * np.linspace(3, 0.1, 40)).astype(np.float32)
-    products = _bank_products(bank)
-    rows = rng.choice(len(bank), 50, replace=False)
-    d, expected = knn_search(bank[rows], bank, 9)
-    for upper, resolved in ((d[:, -1], 1.0), (1.2 * d[:, -1], 0.5)):
-        dist, got = _pruned_knn(bank[rows], bank, 9, upper, products)
-        done = got[:, 0] >= 0  # the others are left to a full search
-        assert done.mean() >= resolved
-        assert [set(a) for a in got[done]] == [set(a) for a in expected[done]]
-        np.testing.assert_allclose(dist[done], d[done], rtol=1e-5, atol=1e-5)
-    q = bank[rows] + 0.05 * rng.normal(size=(50, 40)).astype(np.float32)
-    qg, bg = rng.integers(0, 4, 50), rng.integers(0, 4, len(bank))
-    d1, e1 = knn_search(q, bank, 1, query_groups=qg, bank_groups=bg)
-    dist, got = _pruned_knn(q, bank, 1, 1.5 * d1[:, 0], products, (qg, bg))
-    done = got[:, 0] >= 0
-    assert done.mean() > 0.5
-    np.testing.assert_array_equal(got[done], e1[done])
-    # a useless bound leaves every row to the full search (-1)
-    assert (_pruned_knn(q, bank, 1, np.full(50, 1e9), products)[1] == -1).all()
 
 
 def test_patchcore_approx_method_records_choice():

@@ -10,7 +10,9 @@ from sklearn.utils import check_random_state
 from skad._kernels.ann import NeighborIndex, _assign, build_index
 from skad._kernels.coreset import greedy_coreset, random_projection
 from skad._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
-from skad._kernels.knn import knn_search
+from skad._kernels.knn import knn_search, ranking_operand, same_group_counts
+from skad._kernels.refine import bank_products, exact_knn, pruned_knn
+from skad._kernels.reweight import reweight_factor, reweighted_image_scores
 
 
 def _brute_knn(q, b, k, qg=None, bg=None):
@@ -362,3 +364,80 @@ def test_gaussian_errors():
         fit_gaussians(np.ones((3, 2)))
     with pytest.raises(ValueError, match="expected shapes"):
         mahalanobis(np.ones((3, 2, 3)), np.zeros((2, 4)), np.ones((2, 4, 4)))
+
+
+def testpruned_knn_is_exact():
+    # exact k-NN of a few rows by lower bounds in the principal subspace: the same
+    # neighbours as a full search, with a tight and a loose upper bound, with groups
+    rng = np.random.default_rng(3)
+    bank = (rng.normal(size=(3000, 40)) * np.linspace(3, 0.1, 40)).astype(np.float32)
+    products = bank_products(bank)
+    rows = rng.choice(len(bank), 50, replace=False)
+    d, expected = knn_search(bank[rows], bank, 9)
+    for upper, resolved in ((d[:, -1], 1.0), (1.2 * d[:, -1], 0.5)):
+        dist, got = pruned_knn(bank[rows], bank, 9, upper, products)
+        done = got[:, 0] >= 0  # the others are left to a full search
+        assert done.mean() >= resolved
+        assert [set(a) for a in got[done]] == [set(a) for a in expected[done]]
+        np.testing.assert_allclose(dist[done], d[done], rtol=1e-5, atol=1e-5)
+    q = bank[rows] + 0.05 * rng.normal(size=(50, 40)).astype(np.float32)
+    qg, bg = rng.integers(0, 4, 50), rng.integers(0, 4, len(bank))
+    d1, e1 = knn_search(q, bank, 1, query_groups=qg, bank_groups=bg)
+    dist, got = pruned_knn(q, bank, 1, 1.5 * d1[:, 0], products, (qg, bg))
+    done = got[:, 0] >= 0
+    assert done.mean() > 0.5
+    np.testing.assert_array_equal(got[done], e1[done])
+    # a useless bound leaves every row to the full search (-1)
+    assert (pruned_knn(q, bank, 1, np.full(50, 1e9), products)[1] == -1).all()
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_exact_knn_matches_brute_force_with_and_without_bounds(k):
+    rng = np.random.default_rng(5)
+    bank = (rng.normal(size=(800, 48)) * np.linspace(2, 0.1, 48)).astype(np.float32)
+    q = bank[:40] + 0.1 * rng.normal(size=(40, 48)).astype(np.float32)
+    q = np.r_[q, 10 * rng.normal(size=(10, 48)).astype(np.float32)]  # far: no pruning
+    products = bank_products(bank)
+    d_ref, i_ref = _brute_knn(q, bank, k)
+    for upper in (None, 1.01 * d_ref[:, -1]):
+        d, i = exact_knn(q, bank, k, products, upper=upper)
+        np.testing.assert_array_equal(i, i_ref)
+        np.testing.assert_allclose(d, d_ref, rtol=1e-5, atol=1e-5)
+    qg, bg = rng.integers(0, 3, len(q)), rng.integers(0, 3, len(bank))
+    d_ref, i_ref = _brute_knn(q, bank, k, qg, bg)
+    d, i = exact_knn(q, bank, k, products, groups=(qg, bg))
+    np.testing.assert_array_equal(i, i_ref)
+
+
+def test_ranking_operand_ranks_like_distances():
+    rng = np.random.default_rng(6)
+    q, b = rng.normal(size=(7, 5)), rng.normal(size=(30, 5)).astype(np.float32)
+    op = ranking_operand(b)
+    assert op.shape == (6, 30) and op.dtype == np.float32 and op.flags.c_contiguous
+    rank = np.c_[q, np.ones(7)] @ op
+    d2 = ((q[:, None] - b[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(rank, d2 - (q ** 2).sum(1)[:, None], rtol=1e-5, atol=1e-5)
+    t = ranking_operand(torch.from_numpy(b))
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_allclose(t.numpy(), op, rtol=1e-6, atol=1e-6)
+
+
+def test_same_group_counts():
+    bg = np.array([3, 1, 3, 3, 0])
+    assert same_group_counts(np.array([3, 0, 2, 1, 9]), bg).tolist() == [3, 1, 0, 1, 0]
+
+
+def test_reweight_factor_is_eq7():
+    rng = np.random.default_rng(7)
+    d = rng.uniform(0, 50, size=(6, 9))
+    u = d[:, 0]
+    expected = 1 - np.exp(u) / np.exp(d).sum(1)
+    np.testing.assert_allclose(reweight_factor(u, d), expected, rtol=1e-12, atol=1e-12)
+    assert np.all((reweight_factor(u, d) >= 0) & (reweight_factor(u, d) < 1))
+    # large distances: no overflow
+    assert np.isfinite(reweight_factor(u + 1000, d + 1000)).all()
+    # the image score: s* times the factor of its top patch
+    bank = np.array([[0.0], [1.0], [10.0]], np.float32)
+    feats = np.array([[[0.0], [3.0]]], np.float32)
+    s = reweighted_image_scores(np.array([[0.0, 2.0]]), feats, np.array([[0, 1]]), bank, 2)
+    np.testing.assert_allclose(s, 2 * (1 - np.exp(2) / (np.exp(2) + np.exp(3))), rtol=1e-6)

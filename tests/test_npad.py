@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from skad.detectors.npad import (
-    NPad,
+from skad._kernels.spatial import (
     bhattacharyya_weights,
-    select_active_channels,
     shift_maps,
     weighted_gaussians,
     window_offsets,
 )
+from skad.detectors.npad import NPad, select_active_channels
 
 
 # ---------------------------------------------------------------- numpy references

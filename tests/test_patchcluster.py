@@ -122,10 +122,10 @@ def test_determinism_with_random_state():
     X = _normal_maps(n=16, h=4, w=4)
     a = PatchCluster(coreset_ratio=0.3, random_state=0).fit(X)
     b = PatchCluster(coreset_ratio=0.3, random_state=0).fit(X)
-    np.testing.assert_array_equal(a.bank_indices_, b.bank_indices_)
+    np.testing.assert_array_equal(a.coreset_indices_, b.coreset_indices_)
     np.testing.assert_array_equal(a.score_samples(X), b.score_samples(X))
     c = PatchCluster(coreset_ratio=0.3, random_state=1).fit(X)
-    assert not np.array_equal(a.bank_indices_, c.bank_indices_)
+    assert not np.array_equal(a.coreset_indices_, c.coreset_indices_)
     assert a.memory_bank_.shape == (round(0.3 * 16 * 16), 6)
 
 
@@ -134,7 +134,7 @@ def test_coreset_excludes_self_by_index():
     det = PatchCluster(n_neighbors=3, coreset_ratio=0.5, random_state=0, reweight=None).fit(X)
     P = _flat(X)
     D = cdist(P, det.memory_bank_.astype(np.float64))
-    D[det.bank_indices_, np.arange(det.bank_indices_.size)] = np.inf  # self by index
+    D[det.coreset_indices_, np.arange(det.coreset_indices_.size)] = np.inf  # self by index
     expected = np.sort(D, axis=1)[:, :3].mean(1).reshape(10, 3, 3)
     np.testing.assert_allclose(det.train_maps_, expected, rtol=1e-4, atol=1e-5)
 
@@ -200,7 +200,7 @@ def test_rejects_images():
 
 def test_nearest_reweighting_matches_patchcore_without_exclusion():
     from skad._kernels import patch_rows
-    from skad.detectors.patchcore import reweighted_image_scores
+    from skad._kernels.reweight import reweighted_image_scores
 
     X_train = _normal_maps(n=10, seed=0)
     X_new = np.concatenate([_normal_maps(n=3, seed=4), _anomalous_copy(X_train)[None]])
@@ -208,7 +208,7 @@ def test_nearest_reweighting_matches_patchcore_without_exclusion():
     maps = det.anomaly_map(X_new)
     n, c, h, w = X_new.shape
     rows = patch_rows(X_new)
-    _, nn = det._index.query(rows, 1)
+    _, nn = det.index_.query(rows, 1)
     expected = reweighted_image_scores(
         maps.reshape(n, h * w), rows.reshape(n, h * w, c), nn.reshape(n, h * w),
         det.memory_bank_, 4,

@@ -1,10 +1,25 @@
 """Shared numeric kernels (plain functions, no estimator state).
 
-- :mod:`.knn`: chunked exact k-nearest-neighbour search with group exclusion;
-- :mod:`.ann`: an index choosing exact search, a faiss IVF index or a pynndescent graph;
+The search engine:
+
+- :mod:`.knn`: chunked exact k-nearest-neighbour search with group exclusion, and the
+  one ranking every search uses (:func:`.knn.ranking_operand`, ``||b||^2 - 2 q.b``);
+- :mod:`.ann`: an index choosing exact search, candidate-list cells, a faiss IVF index
+  or a pynndescent graph;
+- :mod:`.refine`: exact k-NN of a few rows against a fixed bank (one product, or
+  pruning by lower bounds), to make approximate answers exact where needed;
+- :mod:`.reweight`: PatchCore's eq. 7 image-score reweighting.
+
+Other kernels:
+
 - :mod:`.coreset`: greedy k-center coreset with random projection (PatchCore);
 - :mod:`.gaussian`: batched Gaussian fitting, Cholesky factors, Mahalanobis distances;
+- :mod:`.gmm`: weighted GMM EM and sensitivity coresets;
+- :mod:`.spatial`: windows and neighbour indices on a position grid, neighbourhood
+  Gaussians (N-pad) and sub-position shifts of feature maps;
 - :mod:`.maps`: anomaly-map upsampling and smoothing.
+
+Array-to-tensor conversion for all of them: :func:`._convert.as_tensor`.
 """
 
 import numpy as np
@@ -31,8 +46,8 @@ def patch_rows(X):
             and min(src.strides) >= 0):  # what torch.from_numpy accepts
         import torch
 
-        # torch's transposing copy (threaded, blocked) is ~2x numpy's on the bottle
-        # test set (65k rows x 152); torch.from_numpy shares memory, nothing is copied
+        # torch's transposing copy (threaded, blocked) is faster than numpy's
+        # (doc/search.md); torch.from_numpy shares memory, nothing is copied
         out = np.empty((n * src.shape[2], c), X.dtype)
         torch.from_numpy(out).view(n, -1, c).copy_(torch.from_numpy(src).transpose(1, 2))
         return out

@@ -4,17 +4,13 @@
 search actually used ("exact", "cells", "ivf" or "nndescent"); nothing switches
 silently afterwards.
 
-Measured on PatchCore's 10 % bottle bank (16.4k x 152, 2 cores, 65k test patches;
-``benchmarks/results/bottle_baselines.md``): "cells" (128 cells, 32 list neighbours)
-finds the exact nearest neighbour of 98.7 % of the test patches (86 % of those
-inside defects) at about 1.5-2.1 ms per image (784 patches) after a 0.5-1 s build;
-faiss IVF (256 lists, 8 probes) 99.7 % at about 5-8 ms (it scans list by list per
-query; "cells" ranks a whole cell's queries with one matrix product); pynndescent
-85 % at 4-5 ms after a 45 s build; the exact search 85-95 ms. A "coarse" query
-(``query(..., coarse=True)``: its cell's own rows only) finds the exact nearest
-neighbour of 87 % at about a third of the products: PatchCore's image scores start
-from it. "auto" keeps faiss IVF for very large banks (its memory is the bank's;
-"cells" holds each row 2-4 times).
+The exact search and "cells" rank candidates by
+:func:`~skad._kernels.knn.ranking_operand`; every search returns distances computed
+directly between the query and the rows found. "cells" ranks a whole cell's queries
+with one matrix product (faiss IVF scans list by list per query); a "coarse" query
+(``query(..., coarse=True)``: its cell's own rows only) needs fewer products. "auto" keeps faiss IVF for very large banks (its
+memory is the bank's; "cells" holds each row 2-4 times). Recall and speed of each
+search on bottle: ``doc/search.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +22,8 @@ import numpy as np
 
 from ..utils import seed_from
 from ..utils._loading import loaded_device
-from .knn import DEFAULT_WORKING_MEMORY, _as_groups, _check_k, knn_search
+from .knn import (DEFAULT_WORKING_MEMORY, _as_groups, _check_k, knn_search, ranking_operand,
+                  same_group_counts)
 
 __all__ = ["NeighborIndex", "build_index", "DEFAULT_APPROX_THRESHOLD", "APPROX_METHODS"]
 
@@ -58,7 +55,7 @@ def _assign(x, cells):
     proj, shift, caug = (None if v is None else torch.from_numpy(v) for v in (
         cells["proj"], cells["shift"], cells["centroids_aug"]))
     out = np.empty(len(x), np.int64)
-    for i in range(0, len(x), 2048):  # small blocks stay in cache (2x faster than 16k)
+    for i in range(0, len(x), 2048):  # small blocks stay in cache (doc/search.md)
         z = x[i:i + 2048]
         if proj is not None:
             z = torch.mm(z, proj)
@@ -105,9 +102,7 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
         proj = principal_directions(bank, CELL_ASSIGN_DIM)
         shift = (mean @ proj).astype(np.float32)
         centroids = centroids @ proj - shift
-    cells = {"proj": proj, "shift": shift, "centroids_aug": np.ascontiguousarray(
-        np.vstack([-2.0 * centroids.T, np.einsum("ij,ij->i", centroids, centroids)[None]]),
-        dtype=np.float32)}
+    cells = {"proj": proj, "shift": shift, "centroids_aug": ranking_operand(centroids)}
     cell = _assign(torch.from_numpy(bank), cells)
     parts, rows = [cell], [np.arange(n, dtype=np.int64)]
     t = min(int(n_neighbors), n - 1)
@@ -125,9 +120,7 @@ def _build_cells(bank, n_lists, n_neighbors, seed):
     n_own = np.bincount(cell, minlength=n_lists)
     blocks = []
     for c in range(n_lists):
-        b = bank[ids[offsets[c]:offsets[c + 1]]]
-        blocks.append(np.ascontiguousarray(
-            np.vstack([-2.0 * b.T, np.einsum("ij,ij->i", b, b)[None]]), dtype=np.float32))
+        blocks.append(ranking_operand(bank[ids[offsets[c]:offsets[c + 1]]]))
     cells.update(ids=ids, offsets=offsets, blocks=blocks, n_own=n_own)
     return cells
 
@@ -162,8 +155,7 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
     """(distances, indices) of the "cells" search; -1 / inf where a list was too short.
 
     With groups, candidates sharing the query's group are skipped inside the lists.
-    ``coarse``: each query is ranked against its cell's own rows only (a third of a
-    list on bottle).
+    ``coarse``: each query is ranked against its cell's own rows only.
     """
     import torch
 
@@ -195,7 +187,7 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
         block = torch.from_numpy(blocks[c][:, :nb])  # own rows: a strided view
         cand = ids[offsets[c]:offsets[c] + nb]
         # at most 1024 rows per product: the (rows x list) block stays in cache for
-        # the argmin (uncapped blocks measured ~30 % slower); an empty list leaves
+        # the argmin (uncapped blocks were slower: doc/search.md); an empty list leaves
         # its rows at -1 (searched exactly afterwards)
         step = max(1, min(1024, budget // (4 * max(nb, 1))))
         for s in range(bounds[c], bounds[c + 1], step):
@@ -326,10 +318,7 @@ class NeighborIndex:
     def _approx_excluding(self, q, k, qg, bg):
         """Approximate search with group exclusion: over-query, then filter."""
         n = self.bank_.shape[0]
-        groups, counts = np.unique(bg, return_counts=True)
-        pos = np.clip(np.searchsorted(groups, qg), 0, len(groups) - 1)
-        same = np.where(groups[pos] == qg, counts[pos], 0)
-        dist, idx = self._approx(q, int(min(n, k + same.max())))
+        dist, idx = self._approx(q, int(min(n, k + same_group_counts(qg, bg).max())))
         dist = np.where((idx >= 0) & (bg[np.maximum(idx, 0)] == qg[:, None]), np.inf, dist)
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
         dist = np.take_along_axis(dist, order, 1)
@@ -341,15 +330,14 @@ class NeighborIndex:
 
         With groups, "cells" skips same-group rows inside its lists; "ivf" and
         "nndescent" are asked for ``k + (largest number of bank rows sharing a
-        query's group)`` neighbours and same-group rows are filtered out. Query rows for which the approximate search returns fewer than ``k``
-        (eligible) neighbours are searched exactly, so every row gets ``k``.
+        query's group)`` neighbours and same-group rows are filtered out. Query rows
+        for which the approximate search returns fewer than ``k`` (eligible)
+        neighbours are searched exactly, so every row gets ``k``.
 
         ``coarse=True`` asks for a cheaper search whose distances are still exact
         distances to the rows returned, hence upper bounds on the true ones: "cells"
         ranks a query against its cell's own rows only (without the neighbours'
-        rows; on bottle at 10 %: a third of the products, the exact nearest
-        neighbour for 87 % of test patches, 99 % within 1.27x of its distance); the
-        other searches ignore it.
+        rows; its recall: ``doc/search.md``); the other searches ignore it.
 
         Returns
         -------
@@ -442,11 +430,12 @@ def build_index(bank, *, method="auto", approx_threshold=DEFAULT_APPROX_THRESHOL
     distance: a miss makes a patch look slightly *more* anomalous. Returned
     distances are always computed exactly between the query and the row returned.
 
-    "cells" memory: the candidate lists hold each bank row about 2-4 times (bottle
-    10 % bank, 16.4k x 152: 31 MB next to the bank's 10 MB). Its per-cell products
+    "cells" memory: the candidate lists hold each bank row about 2-4 times, about
+    ``4 * (d + 1) * n * (2 to 4)`` bytes beside the bank's ``4 * d * n``. Its per-cell products
     pay off for batches of queries (hundreds of images' patches at once, as
     ``score_samples`` passes them); a query's recall depends on how close it is
     to the bank (anomalous patches are found less often, and only score higher).
+
     Examples
     --------
     >>> import numpy as np

@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ..utils import resolve_device
-from .knn import _as_float_tensor
+from ._convert import as_tensor
 
 __all__ = ["greedy_coreset", "random_projection"]
 
@@ -64,7 +64,7 @@ def random_projection(X, projection_dim, *, random_state=None, device=None):
     import torch
 
     dev = resolve_device(device, X)
-    X = _as_float_tensor(X, "X", dev)
+    X = as_tensor(X, "X", ndim=2, device=dev, dtype=torch.float32).contiguous()
     d = X.shape[1]
     if projection_dim is None or projection_dim >= d:
         return X
@@ -167,7 +167,7 @@ def greedy_coreset(
     import torch
 
     dev = resolve_device(device, X)
-    Xt = _as_float_tensor(X, "X", dev)
+    Xt = as_tensor(X, "X", ndim=2, device=dev, dtype=torch.float32).contiguous()
     n = Xt.shape[0]
     if not isinstance(n_select, (int, np.integer)) or isinstance(n_select, bool) or not (
         1 <= n_select <= n

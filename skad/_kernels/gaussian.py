@@ -2,10 +2,9 @@
 
 Everything is batched over P positions (PaDiM's per-location Gaussians, N-pad's
 neighbourhood Gaussians) and chunked so peak memory is bounded. Inverses are never
-formed with ``torch.linalg.inv``: batched LU inversion of 784 matrices of 152 x 152
-with 2 threads aborts in torch 2.14.1 (oneMKL "SLASWP"); a Cholesky factor and
-triangular solves are cheaper and stable for these symmetric positive-definite
-matrices.
+formed with ``torch.linalg.inv``: a Cholesky factor and triangular solves are cheaper
+and stable for these symmetric positive-definite matrices (and batched LU inversion
+has aborted with few threads: ``doc/search.md``).
 """
 
 from __future__ import annotations
@@ -15,27 +14,9 @@ from numbers import Real
 import numpy as np
 
 from ..utils import resolve_device
+from ._convert import as_tensor
 
 __all__ = ["cholesky_factors", "fit_gaussians", "mahalanobis"]
-
-
-def _as_tensor3(X, name, device, dtype=None):
-    import torch
-
-    if isinstance(X, torch.Tensor):
-        t = X.detach().to(device)
-    else:
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "fiub":
-            raise TypeError(f"{name}: expected a numeric array; got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
-    if dtype is not None:
-        t = t.to(dtype)
-    elif not t.is_floating_point():
-        t = t.float()
-    if t.ndim != 3:
-        raise ValueError(f"{name}: expected a 3-D array; got shape {tuple(t.shape)}")
-    return t
 
 
 def fit_gaussians(X, *, shrinkage=0.0, eps=0.01, chunk_size=None, working_memory=256,
@@ -83,7 +64,7 @@ def fit_gaussians(X, *, shrinkage=0.0, eps=0.01, chunk_size=None, working_memory
     if not isinstance(eps, Real) or eps < 0:
         raise ValueError(f"eps: expected a float >= 0; got {eps!r}")
     dev = resolve_device(device, X)
-    Xt = _as_tensor3(X, "X", dev)
+    Xt = as_tensor(X, "X", ndim=3, device=dev)
     n, P, d = Xt.shape
     if n < 2:
         raise ValueError(f"X: expected at least 2 samples to estimate covariances; got {n} sample(s)")
@@ -141,7 +122,7 @@ def cholesky_factors(cov, *, dtype="float64", device=None):
     if dtype not in ("float64", "float32"):
         raise ValueError(f"dtype: expected 'float64' or 'float32'; got {dtype!r}")
     dev = resolve_device(device, cov)
-    C = _as_tensor3(cov, "cov", dev, dtype=getattr(torch, dtype))
+    C = as_tensor(cov, "cov", ndim=3, device=dev, dtype=getattr(torch, dtype))
     if C.shape[1] != C.shape[2]:
         raise ValueError(f"cov: expected square matrices (P, d, d); got {tuple(C.shape)}")
     with torch.inference_mode():
@@ -185,7 +166,7 @@ def mahalanobis(X, means, chol, *, chunk_size=None, working_memory=256, device=N
     import torch
 
     dev = resolve_device(device, X)
-    Xt = _as_tensor3(X, "X", dev)
+    Xt = as_tensor(X, "X", ndim=3, device=dev)
     n, P, d = Xt.shape
     # float64 solves: rounding the result to float32 makes it independent of how the
     # samples are batched (float32 triangular solves differ by an ulp between batch

@@ -1,7 +1,8 @@
 """Chunked exact k-nearest-neighbour search (Euclidean) with group exclusion.
 
 Candidates are ranked with matrix products, ``||b||^2 - 2 q.b`` (``||q||^2`` does
-not change a row's order), computed chunk by chunk over the queries and, for large
+not change a row's order; :func:`ranking_operand`, the ranking every search of
+:mod:`skad._kernels` uses), computed chunk by chunk over the queries and, for large
 banks, over the bank too, so memory stays bounded whatever the sizes. The distances
 of the k selected neighbours are then recomputed directly as ``||q - b||`` (exact to
 float32 rounding, and independent of the chunking).
@@ -12,26 +13,74 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils import resolve_device
+from ._convert import as_tensor
 
-__all__ = ["knn_search"]
+__all__ = ["knn_search", "ranking_operand", "same_group_counts"]
 
 # Default working memory (MiB) for one chunk of the distance matrix.
 DEFAULT_WORKING_MEMORY = 64
 
 
-def _as_float_tensor(a, name, device):
+def ranking_operand(bank):
+    """``[-2 B^T; ||b||^2]``, shape ``(d + 1, n)``: the one ranking of bank rows.
+
+    For a query ``q``, ``[q, 1] @ ranking_operand(B)`` gives ``||b||^2 - 2 q.b`` for
+    every bank row ``b``: ``||q - b||^2`` less ``||q||^2``, which is the same for all
+    rows of ``B``, so the order (nearest first) is that of the true distances. One
+    matrix product ranks a whole block of queries; the distances of the rows kept are
+    then recomputed directly (the products only rank). Every search of
+    :mod:`skad._kernels` ranks this way: :func:`knn_search`, the "cells" lists and
+    their cell assignment (:mod:`.ann`) and the few-row searches (:mod:`.refine`).
+
+    Parameters
+    ----------
+    bank : ndarray or torch.Tensor of shape (n, d)
+        A numpy bank gives a float32 C-contiguous array (norms by ``einsum``), a tensor
+        a tensor on its device.
+
+    Returns
+    -------
+    operand : ndarray or torch.Tensor of float32, shape (d + 1, n)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.knn import ranking_operand
+    >>> bank = np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)
+    >>> (np.array([[3.0, 3.0, 1.0]], np.float32) @ ranking_operand(bank)).tolist()
+    [[0.0, -17.0]]
+    """
     import torch
 
-    if isinstance(a, torch.Tensor):
-        t = a.detach().to(device=device, dtype=torch.float32)
-    else:
-        arr = np.asarray(a)
-        if arr.dtype.kind not in "fiub":
-            raise TypeError(f"{name}: expected a numeric array; got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(device)
-    if t.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (n, d); got shape {tuple(t.shape)}")
-    return t.contiguous()
+    if isinstance(bank, torch.Tensor):
+        return torch.cat([-2.0 * bank.T, (bank * bank).sum(1)[None]])
+    return np.ascontiguousarray(
+        np.vstack([-2.0 * bank.T, np.einsum("ij,ij->i", bank, bank)[None]]), dtype=np.float32)
+
+
+def same_group_counts(query_groups, bank_groups):
+    """Number of bank rows sharing each query's group (the rows excluded for it).
+
+    Parameters
+    ----------
+    query_groups : ndarray of int, shape (m,)
+    bank_groups : ndarray of int, shape (n,)
+
+    Returns
+    -------
+    counts : ndarray of int64, shape (m,)
+        ``n - counts`` bank rows are eligible for each query.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.knn import same_group_counts
+    >>> same_group_counts(np.array([0, 1, 5]), np.array([0, 0, 1, 2])).tolist()
+    [2, 1, 0]
+    """
+    groups, counts = np.unique(bank_groups, return_counts=True)
+    pos = np.minimum(np.searchsorted(groups, query_groups), len(groups) - 1)
+    return np.where(groups[pos] == query_groups, counts[pos], 0).astype(np.int64)
 
 
 def _as_groups(g, n, name, device):
@@ -68,11 +117,7 @@ def _check_k(k, n_bank, qg_np, bg_np):
         if k > n_bank:
             raise ValueError(f"k={k} exceeds the number of bank entries ({n_bank})")
         return
-    groups, counts = np.unique(bg_np, return_counts=True)
-    pos = np.searchsorted(groups, qg_np)
-    pos_c = np.minimum(pos, len(groups) - 1)
-    same = np.where(groups[pos_c] == qg_np, counts[pos_c], 0)
-    eligible = n_bank - same
+    eligible = n_bank - same_group_counts(qg_np, bg_np)
     if eligible.min() < k:
         raise ValueError(
             f"k={k} exceeds the number of eligible bank entries for some queries "
@@ -150,8 +195,8 @@ def knn_search(
     import torch
 
     dev = resolve_device(device, query, bank)
-    q = _as_float_tensor(query, "query", dev)
-    b = _as_float_tensor(bank, "bank", dev)
+    q = as_tensor(query, "query", ndim=2, device=dev, dtype=torch.float32).contiguous()
+    b = as_tensor(bank, "bank", ndim=2, device=dev, dtype=torch.float32).contiguous()
     if q.shape[1] != b.shape[1]:
         raise ValueError(
             f"query has {q.shape[1]} features but bank has {b.shape[1]}; expected the same"
@@ -171,9 +216,7 @@ def knn_search(
     k = int(k)
 
     mq, mb = _chunk_sizes(m, n, k, chunk_size, bank_chunk_size, working_memory)
-    # ||b||^2 - 2 q.b in one GEMM: [q, 1] . [-2 b, ||b||^2]^T; ||q||^2 is left out (it
-    # does not change the order within a row).
-    b_aug = torch.cat([-2.0 * b, (b * b).sum(1, keepdim=True)], dim=1)
+    b_aug = ranking_operand(b)  # [q, 1] @ b_aug ranks the bank rows for q
     out_d = torch.empty((m, k), dtype=torch.float32, device=dev)
     out_i = torch.empty((m, k), dtype=torch.int64, device=dev)
     inf = float("inf")
@@ -185,7 +228,7 @@ def knn_search(
             best_d = best_i = None
             for bs in range(0, n, mb):
                 be = min(bs + mb, n)
-                d2 = q_aug @ b_aug[bs:be].T
+                d2 = q_aug @ b_aug[:, bs:be]
                 if qg is not None:
                     d2.masked_fill_(qg[qs:qe, None] == bg[None, bs:be], inf)
                 kk = min(k, be - bs)

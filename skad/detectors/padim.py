@@ -84,7 +84,7 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
       (the paper's WRN50 at 56 x 56) = 3.8 GB. Fitting needs the same again plus the
       chunk of centred features (``working_memory`` of the kernel, 256 MB).
     - Distances use Cholesky factors and triangular solves, never an explicit
-      inverse (batched ``torch.linalg.inv`` aborts with 2 threads in torch 2.14.1).
+      inverse (:mod:`skad._kernels.gaussian`).
     - The image score is the maximum of the (unsmoothed) patch map, as in the
       reference implementation.
 
