@@ -165,3 +165,15 @@ def test_set_threshold_is_conformal():
     a = np.sort(-det.score_samples(pool[50:69]))
     assert -det.offset_ == pytest.approx(a[17])
     assert len(det.calibration_scores_) == 19
+
+
+def test_patchcluster_honours_false_alarm_rate():
+    from skad.detectors import PatchCluster
+
+    X = _pool(n=60)
+    robust = PatchCluster(device="cpu").fit(X)
+    target = PatchCluster(device="cpu", false_alarm_rate=0.2).fit(X)
+    assert target.offset_ != robust.offset_
+    # blind: the calibration scores are the fitted set's own, so fit_predict flags
+    # at most the target fraction
+    assert np.mean(target.predict(X) == -1) <= 0.2

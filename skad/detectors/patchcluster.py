@@ -382,7 +382,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     def _set_offset(self, X):
         super()._set_offset(X)
-        if self.contamination == "auto":
+        if self.contamination == "auto" and self.false_alarm_rate is None:
             # The training set is not clean in the blind setting, so "auto" flags the
             # training samples whose anomaly score is a robust outlier: more than 3
             # scaled median absolute deviations above the median (Notes).
