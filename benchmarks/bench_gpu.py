@@ -71,7 +71,8 @@ def main():
 
     from skad.datasets import make_synthetic
     from skad.detectors import PaDiM, PatchCore, SPADE
-    from skad.detectors.patchcore import _bank_products, _rank_against_bank
+    from skad._kernels.refine import bank_products as _bank_products
+    from skad._kernels.refine import rank_against_bank as _rank_against_bank
     from skad.features import PatchFeatureExtractor
     from skad.metrics import image_auroc, pixel_auroc
 

@@ -208,7 +208,7 @@ def pc_readings(X, **params):
     rows = np.arange(n) * hw + star
     feats = patch_rows(X)[rows]
     groups = rows if det.exclude == "self" else rows // hw
-    d1, i1 = det._index.query(feats, 1, query_groups=groups, bank_groups=det._bank_groups)
+    d1, i1 = det.index_.query(feats, 1, query_groups=groups, bank_groups=det._bank_groups)
     out = {"max patch (no reweight)": a_star}
     fitted_reading = det.reweight
     for reading, label in (("mean", "eq. 3 as printed"), ("nearest", "PatchCore weight")):
