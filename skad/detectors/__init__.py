@@ -2,6 +2,7 @@
 
 from ._base import BaseDetector, ImageDetectorMixin, PatchDetectorMixin
 from .local_occ import LocalOCC
+from .memseg import MemSeg
 from .npad import NPad
 from .padim import PaDiM
 from .patch_outlier import PatchOutlierDetector
@@ -14,6 +15,7 @@ __all__ = [
     "BaseDetector",
     "ImageDetectorMixin",
     "LocalOCC",
+    "MemSeg",
     "NPad",
     "PaDiM",
     "PatchCluster",
