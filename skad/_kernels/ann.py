@@ -8,9 +8,9 @@ The exact search and "cells" rank candidates by
 :func:`~skad._kernels.knn.ranking_operand`; every search returns distances computed
 directly between the query and the rows found. "cells" ranks a whole cell's queries
 with one matrix product (faiss IVF scans list by list per query); a "coarse" query
-(``query(..., coarse=True)``: its cell's own rows only) needs fewer products. "auto" keeps faiss IVF for very large banks (its
-memory is the bank's; "cells" holds each row 2-4 times). Recall and speed of each
-search on bottle: ``doc/search.md``.
+(``query(..., coarse=True)``: its cell's own rows only) needs fewer products. "auto"
+keeps faiss IVF for very large banks (its memory is the bank's; "cells" holds each row
+2-4 times). Recall and speed of each search on bottle: ``doc/search.md``.
 """
 
 from __future__ import annotations

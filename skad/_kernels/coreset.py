@@ -4,8 +4,8 @@ The selection is the exact greedy k-center of Roth et al. (2021), Algorithm 1, o
 random projection of the features (Johnson-Lindenstrauss, to ``projection_dim``
 dimensions as PatchCore does). Each step picks the point farthest from the selected
 set. A naive loop reads all n points every step (n_select * n * p values: about
-1.4 TB of memory traffic for bottle's 164k x 128 at 10 %, minutes on 2 cores, and
-anomalib's Python loop takes about 52 min). Two exact shortcuts make it seconds:
+1.4 TB of memory traffic for bottle's 164k x 128 at 10 %). Two exact shortcuts make
+it fast (timings against the naive loop: ``doc/detectors.md``):
 
 * **Lazy batches.** Distances-to-set only decrease. At the start of a batch, take the
   ``n_candidates`` points with the largest distance-to-set and the next largest

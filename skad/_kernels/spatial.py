@@ -70,6 +70,18 @@ def neighbour_index(h: int, w: int, offsets, device=None):
     return torch.stack(idx), torch.stack(valid)
 
 
+def _windowed_moments(means, covs, size):
+    """Per-position moments flattened over positions, with the window's neighbours.
+
+    Returns ``h, w, d, offsets, idx, valid, mu (h*w, d), cov (h*w, d, d)``.
+    """
+    means, covs = _float_tensor(means), _float_tensor(covs)
+    h, w, d = means.shape
+    offsets = window_offsets(size)
+    idx, valid = neighbour_index(h, w, offsets)
+    return h, w, d, offsets, idx, valid, means.reshape(h * w, d), covs.reshape(h * w, d, d)
+
+
 def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperature",
                           eps=0.01, device=None):
     """Neighbourhood similarity weights of N-pad's module A (eqs. 4-5).
@@ -117,12 +129,7 @@ def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperat
     >>> bool(np.allclose(w.sum(-1), 1.0))
     True
     """
-    means, covs = _float_tensor(means), _float_tensor(covs)
-    h, w, d = means.shape
-    offsets = window_offsets(size)
-    idx, valid = neighbour_index(h, w, offsets)
-    mu = means.reshape(h * w, d)
-    cov = covs.reshape(h * w, d, d)
+    h, w, d, offsets, idx, valid, mu, cov = _windowed_moments(means, covs, size)
     eye = torch.eye(d, dtype=torch.float32)
     dist = torch.full((len(offsets), h * w), float("inf"))
     for k, (dy, dx) in enumerate(offsets):
@@ -183,13 +190,8 @@ def weighted_gaussians(means, covs, weights, *, n_samples, size=3):
     >>> bool(np.allclose(mu, means)), bool(np.allclose(cov, covs))
     (True, True)
     """
-    means, covs, weights = _float_tensor(means), _float_tensor(covs), _float_tensor(weights)
-    h, w, d = means.shape
-    offsets = window_offsets(size)
-    idx, valid = neighbour_index(h, w, offsets)
-    mu = means.reshape(h * w, d)
-    cov = covs.reshape(h * w, d, d)
-    wts = weights.reshape(h * w, len(offsets)).T * valid  # (K, P); outside -> 0
+    h, w, d, offsets, idx, valid, mu, cov = _windowed_moments(means, covs, size)
+    wts = _float_tensor(weights).reshape(h * w, len(offsets)).T * valid  # (K, P); outside -> 0
     new_mu = torch.einsum("kp,kpd->pd", wts, mu[idx])
     factor = n_samples / max(n_samples - 1, 1)
     new_cov = torch.zeros_like(cov)

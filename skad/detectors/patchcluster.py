@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 from .._kernels.coreset import greedy_coreset
 from .._kernels import patch_rows
 from .._kernels.ann import DEFAULT_APPROX_THRESHOLD, build_index
+from .._kernels.knn import same_group_counts
 from .._kernels.reweight import reweight_factor
 from ..utils import seed_from
 from ..utils._sklearn_compat import Interval, StrOptions
@@ -332,15 +333,14 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         if self.exclude == "self":
             self._bank_groups = selected
             query_groups = np.arange(n_patches, dtype=np.int64)
-            max_excluded = 1
         elif self.exclude == "image":
             self._bank_groups = selected // hw
             query_groups = np.arange(n_patches, dtype=np.int64) // hw
-            max_excluded = int(np.bincount(self._bank_groups, minlength=n).max())
         else:
             self._bank_groups = None
             query_groups = None
-            max_excluded = 0
+        max_excluded = 0 if query_groups is None else int(
+            same_group_counts(query_groups, self._bank_groups).max())
         n_bank = selected.shape[0]
         n_eligible = n_bank - max_excluded
         if n_eligible < 1:
