@@ -441,3 +441,37 @@ def test_reweight_factor_is_eq7():
     feats = np.array([[[0.0], [3.0]]], np.float32)
     s = reweighted_image_scores(np.array([[0.0, 2.0]]), feats, np.array([[0, 1]]), bank, 2)
     np.testing.assert_allclose(s, 2 * (1 - np.exp(2) / (np.exp(2) + np.exp(3))), rtol=1e-6)
+
+
+def test_as_tensor_dtypes_copies_and_errors():
+    from skad._kernels._convert import as_tensor
+
+    ro = np.arange(6, dtype=np.float64).reshape(2, 3)
+    ro.flags.writeable = False
+    t = as_tensor(ro, "x", ndim=2)  # read-only: copied, float64 kept
+    assert t.dtype == torch.float64 and t.shape == (2, 3)
+    assert as_tensor(ro, "x", dtype=torch.float32).dtype == torch.float32
+    assert as_tensor(np.arange(3), "x").dtype == torch.float32
+    shared = np.zeros((2, 2), np.float32)
+    as_tensor(shared, "x", dtype=torch.float32)[0, 0] = 1.0  # no copy when not needed
+    assert shared[0, 0] == 1.0
+    with pytest.raises(ValueError, match=r"x: expected a 2-D array \(n, d\); got shape \(3,\)"):
+        as_tensor(np.zeros(3), "x", ndim=2)
+    with pytest.raises(TypeError, match="numeric"):
+        as_tensor(np.array(["a"]), "x")
+
+
+def test_neighbour_index_matches_brute_force():
+    from skad._kernels.spatial import neighbour_index, window_offsets
+
+    h, w = 3, 4
+    offsets = window_offsets(3)
+    idx, valid = neighbour_index(h, w, offsets)
+    assert idx.shape == valid.shape == (9, h * w)
+    for k, (dy, dx) in enumerate(offsets):
+        for y in range(h):
+            for x in range(w):
+                ok = 0 <= y + dy < h and 0 <= x + dx < w
+                assert bool(valid[k, y * w + x]) == ok
+                if ok:
+                    assert int(idx[k, y * w + x]) == (y + dy) * w + x + dx
