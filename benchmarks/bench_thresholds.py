@@ -151,13 +151,16 @@ def main():
         print(row, flush=True)
 
     n_cal = len(good) - n_new
+    total = n_new * args.splits
+    sd = 2 * (total * 0.05 * 0.95) ** 0.5
     notes = f"""\
 Each cell: mean false-alarm rate on the {n_new} held-out good images over
 {args.splits} random splits of the {len(good)} good bottle images (fit on {n_cal}), and
 false alarms / held-out goods in total. Targets: `auto` = at most 1/(n_cal+1) =
 {1 / (n_cal + 1):.4f} (1/{int(0.2 * n_cal + 0.5) + 1} = {1 / (round(0.2 * n_cal) + 1):.3f}
-with the 0.2 split), `far=a` = at most a. Sampling error: with 200 held-out goods in
-total, a true rate of 0.05 is observed as 10 +- 6 (2 sd) alarms. `in-sample auto` is
+with the 0.2 split), `far=a` = at most a. Sampling error: with {total} held-out goods
+in total, a true rate of 0.05 is observed as {0.05 * total:.0f} +- {sd:.0f} (2 sd) alarms
+(binomial; the splits share images, so the spread is somewhat larger). `in-sample auto` is
 the threshold before calibration existed (PatchCore and SPADE already left each image
 out of their bank then, so their rows do not change). Raw scores:
 `benchmarks/results/thresholds_raw.json`.
