@@ -168,3 +168,12 @@ def test_registry_gives_smcc_the_runs_extractor():
     own = PatchFeatureExtractor(input_size=32)
     det = registry.make_model("smcc", ext, params={"extractor": own}).steps[-1][1]
     assert det.extractor is own
+
+
+def test_calibration_split_and_false_alarm_rate(data):
+    det = _smcc(epochs=1, calibration=0.3, false_alarm_rate=0.3).fit(data.train_images)
+    assert det.calibration_ == "split" and len(det.calibration_scores_) == 3
+    assert "_train_feats" not in det.__dict__
+    assert np.isfinite(det.offset_)
+    p = det.pvalues(data.test_images)
+    assert p.shape == (len(data.test_images),) and ((p > 0) & (p <= 1)).all()

@@ -96,8 +96,18 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         :func:`skad._kernels.ann.build_index`); ``"auto"``: ``"cells"`` from 10,000
         rows on the CPU, else exact.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        ``"auto"``: ``offset_`` at the least normal training image (training images
-        in the memory are scored without their own patches).
+        How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
+        is None: "auto" puts it at the least normal calibration image (none flagged);
+        a float flags that fraction of them.
+    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+        The normal images whose scores set ``offset_`` (``calibration_scores_``):
+        "in_sample" / "auto" the training images (a memory image is scored without its
+        own patches; the others were not in the memory but the network was trained on
+        them); a float holds that fraction of the training images out of fit (the
+        split-conformal setting, see ``doc/operating.md``); "cv" refits 5 times.
+    false_alarm_rate : float in (0, 1) or None, default=None
+        Target rate of normal images flagged: ``offset_`` at the split-conformal
+        quantile of the calibration scores (a guarantee with a float ``calibration``).
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps.
     device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
@@ -228,6 +238,8 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         n_neighbors=3,
         nn_method="auto",
         contamination="auto",
+        calibration="auto",
+        false_alarm_rate=None,
         sigma=4.0,
         device="auto",
         random_state=None,
@@ -250,6 +262,8 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         self.n_neighbors = n_neighbors
         self.nn_method = nn_method
         self.contamination = contamination
+        self.calibration = calibration
+        self.false_alarm_rate = false_alarm_rate
         self.sigma = sigma
         self.device = device
         self.random_state = random_state
@@ -395,12 +409,16 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
             module.eval()
         return result
 
+    def _set_offset(self, X):
+        try:
+            super()._set_offset(X)
+        finally:  # the training features kept by _fit are never part of the model
+            self.__dict__.pop("_train_feats", None)
+
     def _offset_scores(self, X):
-        feats = getattr(self, "_train_feats", None)
-        if feats is None:
+        feats = self.__dict__.pop("_train_feats", None)
+        if feats is None or len(feats) != len(X):
             feats = self.extractor_.transform(X)
-        else:
-            del self._train_feats
         n, _, h, w = feats.shape
         rows = patch_rows(feats)
         if len(self.memory_image_indices_) < 2:
