@@ -291,9 +291,9 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
     contamination : "auto" or float in (0, 0.5], default="auto"
         ``"auto"``: ``offset_`` at the least normal training image (memory images
         compared with the other memory samples).
-    sigma : float, default=0.0
-        Gaussian smoothing (pixels) of maps resized by ``output_size`` (0: none, as the
-        paper's end-to-end maps).
+    sigma : float, default=4.0
+        Gaussian smoothing (pixels) of maps resized by ``output_size``, skad's default
+        for every detector (0: none, the paper's end-to-end maps).
     device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
         Seeds the memory choice, new layers, batch order and the synthesis.
@@ -419,7 +419,7 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         warmup_ratio=0.1,
         min_lr_ratio=1e-4 / 3e-3,
         contamination="auto",
-        sigma=0.0,
+        sigma=4.0,
         device="auto",
         random_state=None,
         verbose=False,
