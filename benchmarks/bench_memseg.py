@@ -176,9 +176,16 @@ def main():
             else:
                 row, _ = run_memseg(name, data, max_iter=args.ablation_iter, **params)
             rows.append(row)
+            _write(args, rows, notes)  # a partial run leaves its rows
+    _write(args, rows, notes)
+
+
+def _write(args, rows, notes):
+    notes = list(notes)
     notes.append("MemSeg rows: synthesizer = AnomalySynthesizer(texture_source=DTD, "
                  "use_foreground=True, foreground_invert=True) unless a T3 row says "
-                 "otherwise; maps (160 px) upsampled bilinearly to 224 px, unsmoothed (sigma=0); "
+                 "otherwise; maps (160 px) upsampled bilinearly to 224 px, "
+                 "unsmoothed (sigma=0); "
                  "pixel_auroc_sigma4 = the same maps Gaussian-smoothed with sigma 4 px. "
                  "score_ips = score_and_map images/s inside the benchmark process.")
     command = "python benchmarks/bench_memseg.py " + " ".join(sys.argv[1:])
