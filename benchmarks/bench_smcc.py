@@ -93,12 +93,7 @@ def run_patch(name, det, ext, train_feats, test_feats, data):
     fit_s = time.perf_counter() - t
     scores, maps = det.score_and_map(test_feats, output_size=data.test_masks.shape[1:])
     pipe = make_pipeline(ext, det)
-    defect = data.test_masks.astype(bool)
     row = {"detector": name, **_metrics(scores, maps, data.test_labels, data.test_masks),
-           # separation: mean map value on defect pixels over that on normal pixels
-           "defect_over_normal": float(maps[defect].mean() / maps[~defect].mean()),
-           # spread of the memory: mean per-channel standard deviation of its patches
-           "memory_std": float(det.memory_.std(axis=0).mean()),
            "fit_s": fit_s, "model_bytes": len(pickle.dumps(pipe))}
     print(row, flush=True)
     return row, pipe
