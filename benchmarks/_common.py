@@ -10,6 +10,9 @@ Stable API (other benchmark scripts import it):
 - ``evaluate(detector, train_feats, test_feats, test_labels, test_masks, ...)`` -> dict
   of image AUROC, pixel AUROC, PRO, pixel AP, fit s, predict images/s;
 - ``evaluate_in_subprocess(...)``: the same in a fresh process, adding its peak RSS;
+- ``metrics(scores, maps, labels, masks)`` -> image / pixel AUROC, PRO, pixel AP;
+- ``paired_predict(models, images, pairs)`` -> images/s of ``predict`` per model, the
+  models timed in alternation (and the per-round seconds);
 - ``machine()``, ``write_results(name, rows, command, notes=...)``.
 """
 
@@ -138,6 +141,32 @@ def evaluate(detector, train_feats, test_feats, test_labels, test_masks, *,
         "fit_s": fit_s,
         "predict_ips": n / best,
     }
+
+
+def metrics(scores, maps, labels, masks):
+    """Image AUROC, pixel AUROC, PRO and pixel AP of anomaly ``scores`` and ``maps``."""
+    from skad.metrics import image_auroc, pixel_ap, pixel_auroc, pro_score
+
+    return {"image_auroc": float(image_auroc(labels, scores)),
+            "pixel_auroc": float(pixel_auroc(masks, maps)),
+            "pro": float(pro_score(masks, maps)),
+            "pixel_ap": float(pixel_ap(masks, maps))}
+
+
+def paired_predict(models, images, pairs):
+    """images/s of ``predict`` end to end (median round), the models timed in alternation.
+
+    Returns ``({name: images/s}, {name: [seconds per round]})``.
+    """
+    times = {name: [] for name in models}
+    for m in models.values():
+        m.predict(images[:4])
+    for _ in range(pairs):
+        for name, m in models.items():
+            t = time.perf_counter()
+            m.predict(images)
+            times[name].append(time.perf_counter() - t)
+    return {name: len(images) / float(np.median(v)) for name, v in times.items()}, times
 
 
 def _peak_rss_mb():

@@ -39,14 +39,6 @@ THREADS = 2
 NATURAL = C.DATA / "textures" / "natural"
 
 
-def _metrics(scores, maps, labels, masks):
-    from skad.metrics import image_auroc, pixel_ap, pixel_auroc, pro_score
-
-    return {"image_auroc": float(image_auroc(labels, scores)),
-            "pixel_auroc": float(pixel_auroc(masks, maps)),
-            "pro": float(pro_score(masks, maps)),
-            "pixel_ap": float(pixel_ap(masks, maps))}
-
 
 def rto_data():
     from sklearn.utils import Bunch
@@ -120,7 +112,7 @@ def run_model(name, data, det, align=None, speed=False):
         return scores, maps
 
     scores, maps = predict(data.test_images)
-    row.update(_metrics(scores, maps, data.test_labels, data.test_masks))
+    row.update(C.metrics(scores, maps, data.test_labels, data.test_masks))
     if hasattr(det, "loss_history_"):
         row["epochs"] = len(det.loss_history_)
         row["loss"] = [round(det.loss_history_[0], 4), round(det.loss_history_[-1], 4)]

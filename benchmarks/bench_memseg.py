@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -33,14 +32,6 @@ import _common as C  # noqa: E402
 THREADS = 2
 DTD = C.DATA / "textures" / "dtd"
 
-
-def _metrics(scores, maps, labels, masks):
-    from skad.metrics import image_auroc, pixel_ap, pixel_auroc, pro_score
-
-    return {"image_auroc": float(image_auroc(labels, scores)),
-            "pixel_auroc": float(pixel_auroc(masks, maps)),
-            "pro": float(pro_score(masks, maps)),
-            "pixel_ap": float(pixel_ap(masks, maps))}
 
 
 def synthesizer(**params):
@@ -69,12 +60,12 @@ def run_memseg(name, data, synth=None, **params):
     from skad._kernels.maps import resize_smooth
 
     scores, maps = raw_scores, resize_smooth(raw, size, 0.0)
-    row = {"detector": name, **_metrics(scores, maps, data.test_labels, data.test_masks),
+    row = {"detector": name, **C.metrics(scores, maps, data.test_labels, data.test_masks),
            "fit_s": fit_s, "n_iter": det.n_iter_, "score_ips": len(maps) / score_s,
            "loss_first_last": f"{det.loss_history_[0]:.3f} -> {det.loss_history_[-1]:.3f}"}
     # smoothed maps (sigma = 4 px, as the patch detectors) from the same raw maps
     sm = resize_smooth(raw, size, 4.0)
-    row["pixel_auroc_sigma4"] = _metrics(scores, sm, data.test_labels, data.test_masks)[
+    row["pixel_auroc_sigma4"] = C.metrics(scores, sm, data.test_labels, data.test_masks)[
         "pixel_auroc"]
     print(row, flush=True)
     return row, det
@@ -87,23 +78,11 @@ def run_patch(name, det, ext, train_feats, test_feats, data):
     det.fit(train_feats)
     fit_s = time.perf_counter() - t
     scores, maps = det.score_and_map(test_feats, output_size=data.test_masks.shape[1:])
-    row = {"detector": name, **_metrics(scores, maps, data.test_labels, data.test_masks),
+    row = {"detector": name, **C.metrics(scores, maps, data.test_labels, data.test_masks),
            "fit_s": fit_s}
     print(row, flush=True)
     return row, make_pipeline(ext, det)
 
-
-def paired_predict(models, images, pairs):
-    """images/s of ``predict`` end to end, the models timed in alternation."""
-    times = {name: [] for name in models}
-    for m in models.values():
-        m.predict(images[:4])
-    for _ in range(pairs):
-        for name, m in models.items():
-            t = time.perf_counter()
-            m.predict(images)
-            times[name].append(time.perf_counter() - t)
-    return {name: len(images) / float(np.median(v)) for name, v in times.items()}, times
 
 
 TABLE5 = [  # memory, multi-scale, spatial attention, coordinate attention
@@ -157,7 +136,7 @@ def main():
             rows.append(row)
             models[name] = pipe
     if models:
-        ips, times = paired_predict(models, data.test_images, args.pairs)
+        ips, times = C.paired_predict(models, data.test_images, args.pairs)
         for r in rows:
             key = "MemSeg" if r["detector"].startswith("MemSeg") else r["detector"]
             if key in ips:

@@ -36,14 +36,6 @@ import _common as C  # noqa: E402
 THREADS = 2
 
 
-def _metrics(scores, maps, labels, masks):
-    from skad.metrics import image_auroc, pixel_ap, pixel_auroc, pro_score
-
-    return {"image_auroc": float(image_auroc(labels, scores)),
-            "pixel_auroc": float(pixel_auroc(masks, maps)),
-            "pro": float(pro_score(masks, maps)),
-            "pixel_ap": float(pixel_ap(masks, maps))}
-
 
 def smcc(**params):
     from skad.detectors import SMCC
@@ -69,7 +61,7 @@ def run_smcc(name, data, **params):
     after = backbone_pass_s(data.train_images)
     scores, maps = det.score_and_map(data.test_images, output_size=data.test_masks.shape[1:])
     defect = data.test_masks.astype(bool)
-    row = {"detector": name, **_metrics(scores, maps, data.test_labels, data.test_masks),
+    row = {"detector": name, **C.metrics(scores, maps, data.test_labels, data.test_masks),
            # separation: mean map value on defect pixels over that on normal pixels
            "defect_over_normal": float(maps[defect].mean() / maps[~defect].mean()),
            # spread of the memory: mean per-channel standard deviation of its patches
@@ -93,23 +85,11 @@ def run_patch(name, det, ext, train_feats, test_feats, data):
     fit_s = time.perf_counter() - t
     scores, maps = det.score_and_map(test_feats, output_size=data.test_masks.shape[1:])
     pipe = make_pipeline(ext, det)
-    row = {"detector": name, **_metrics(scores, maps, data.test_labels, data.test_masks),
+    row = {"detector": name, **C.metrics(scores, maps, data.test_labels, data.test_masks),
            "fit_s": fit_s, "model_bytes": len(pickle.dumps(pipe))}
     print(row, flush=True)
     return row, pipe
 
-
-def paired_predict(models, images, pairs):
-    """images/s of ``predict`` end to end, the models timed in alternation."""
-    times = {name: [] for name in models}
-    for m in models.values():
-        m.predict(images[:4])
-    for _ in range(pairs):
-        for name, m in models.items():
-            t = time.perf_counter()
-            m.predict(images)
-            times[name].append(time.perf_counter() - t)
-    return {name: len(images) / float(np.median(v)) for name, v in times.items()}, times
 
 
 def main():
@@ -173,7 +153,7 @@ def main():
     notes = []
     if "speed" in only:
         keep = {k: models[k] for k in ("SMCC", "PatchCore 10%", "PaDiM (100 ch)") if k in models}
-        ips, times = paired_predict(keep, data.test_images, args.pairs)
+        ips, times = C.paired_predict(keep, data.test_images, args.pairs)
         for r in rows:
             key = r["detector"].replace(" (defaults)", "")
             if key in ips:
