@@ -24,10 +24,10 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .utils._torch import seed_from
+from .utils._torch import cpu_state_dict, seed_from
 
 __all__ = ["OPTIMIZERS", "TrainResult", "iter_minibatches", "make_optimizer", "seeded",
-           "train_loop", "training_constraints", "warmup_cosine"]
+           "record_training", "train_loop", "training_constraints", "warmup_cosine"]
 
 #: optimisers a ``solver`` parameter may name
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -178,9 +178,17 @@ class TrainResult:
     interrupted: bool = False
 
 
+def record_training(estimator, result):
+    """Set the fitted training attributes of ``estimator`` from a :class:`TrainResult`:
+    ``loss_history_``, ``n_iter_`` and ``best_epoch_`` (the names every trained skad
+    estimator uses)."""
+    estimator.loss_history_ = result.loss_history
+    estimator.n_iter_ = result.n_iter
+    estimator.best_epoch_ = result.best_epoch
+
+
 def _snapshot(modules):
-    return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
-            for m in modules]
+    return [cpu_state_dict(m) for m in modules]
 
 
 def train_loop(step, modules, images, *, batch_size, rng, solver="adam", lr=1e-3,

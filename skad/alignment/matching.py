@@ -11,8 +11,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._training import seeded, train_loop, training_constraints
+from .._training import record_training, seeded, train_loop, training_constraints
 from ..utils import resolve_device
+from ..utils._torch import cpu_state_dict
 from ..utils._loading import loaded_device
 from ..utils.validation import _is_path_sequence, check_images
 
@@ -302,7 +303,6 @@ class ImageAligner(TransformerMixin, BaseEstimator):
         -------
         self : ImageAligner
         """
-        import torch
 
         self._validate_params()
         images = check_images(X)
@@ -344,9 +344,7 @@ class ImageAligner(TransformerMixin, BaseEstimator):
             )
         finally:
             self.module_.eval()
-        self.loss_history_ = result.loss_history
-        self.n_iter_ = result.n_iter
-        self.best_epoch_ = result.best_epoch
+        record_training(self, result)
         return self
 
     # --------------------------------------------------------------- transform
@@ -506,8 +504,7 @@ class ImageAligner(TransformerMixin, BaseEstimator):
         state = dict(super().__getstate__())
         module = state.pop("module_", None)
         if module is not None:
-            state["_module_state_dict"] = {
-                k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            state["_module_state_dict"] = cpu_state_dict(module)
             state["device_"] = str(state["device_"])
         return state
 

@@ -9,7 +9,8 @@ from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .._training import seeded, train_loop, training_constraints
+from .._training import record_training, seeded, train_loop, training_constraints
+from ..utils._torch import cpu_state_dict
 from ..features import PatchFeatureExtractor
 from ..synthesis import DefectGenerator
 from ._base import BaseDetector, ImageDetectorMixin
@@ -448,9 +449,7 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
             )
         finally:
             self.mapping_.eval()
-        self.loss_history_ = result.loss_history
-        self.n_iter_ = result.n_iter
-        self.best_epoch_ = result.best_epoch
+        record_training(self, result)
         return self
 
     # ------------------------------------------------------------------- score
@@ -481,8 +480,7 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         state.pop("_center_cache", None)
         net = state.pop("mapping_", None)
         if net is not None:
-            state["_mapping_state"] = {k: v.detach().to("cpu", copy=True)
-                                       for k, v in net.state_dict().items()}
+            state["_mapping_state"] = cpu_state_dict(net)
             state["_mapping_shape"] = (net[0].in_channels, net[0].out_channels,
                                        net[-1].out_channels)
             state["device_"] = str(state["device_"])

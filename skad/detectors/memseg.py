@@ -13,6 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from .._training import seeded, train_loop, training_constraints, warmup_cosine
+from ..utils._torch import cpu_state_dict
 from ..features import PatchFeatureExtractor
 from ..synthesis import AnomalySynthesizer
 from ..utils.validation import ImageSet
@@ -632,8 +633,7 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         state = dict(super().__getstate__())
         net = state.pop("network_", None)
         if net is not None:
-            state["_network_state"] = {k: v.detach().to("cpu", copy=True)
-                                       for k, v in net.state_dict().items()}
+            state["_network_state"] = cpu_state_dict(net)
             state["_network_config"] = {
                 "channels": net.channels, "use_memory": net.use_memory,
                 "use_multiscale": net.use_multiscale,

@@ -13,7 +13,7 @@ from ..utils._sklearn_compat import Interval, StrOptions
 from .._kernels import patch_rows
 from .._kernels.ann import build_index
 from .._kernels.gmm import sensitivity_coreset, weighted_gmm
-from .._training import train_loop, training_constraints
+from .._training import record_training, train_loop, training_constraints
 from ..features import PatchFeatureExtractor
 from ._base import BaseDetector, ImageDetectorMixin
 from ._device import DeviceMixin
@@ -332,9 +332,7 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
 
         if self.self_update:
             result = self._self_update(ext, X, centers, losses, rng)
-            self.loss_history_ = result.loss_history
-            self.n_iter_ = result.n_iter
-            self.best_epoch_ = result.best_epoch
+            record_training(self, result)
         else:
             self.loss_history_, self.n_iter_, self.best_epoch_ = [], 0, None
         self.extractor_ = ext

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..utils import resolve_device, torch_threads
+from ..utils._torch import cpu_state_dict
 from ..utils._loading import loaded_device
 from ..utils._sklearn_compat import Interval, StrOptions
 from ..utils.validation import check_images
@@ -545,9 +546,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         state = dict(state)
         module = state.pop("module_", None)
         if module is not None:
-            state["_module_state_dict"] = {
-                k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
-            }
+            state["_module_state_dict"] = cpu_state_dict(module)
             state["_module_training"] = module.training
             state["device_"] = str(state["device_"])
         return state

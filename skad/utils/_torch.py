@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 from sklearn.utils import check_random_state
 
-__all__ = ["resolve_device", "seed_from", "torch_generator", "torch_threads"]
+__all__ = ["cpu_state_dict", "resolve_device", "seed_from", "torch_generator", "torch_threads"]
 
 
 def resolve_device(device=None, *tensors):
@@ -114,3 +114,17 @@ def torch_threads(n_threads):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def cpu_state_dict(module):
+    """A copy of ``module``'s state dict on the CPU (what pickles store, so a model fitted
+    on a GPU reloads on a CPU-only machine).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.utils._torch import cpu_state_dict
+    >>> sorted(cpu_state_dict(torch.nn.Linear(2, 1)))
+    ['bias', 'weight']
+    """
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
