@@ -13,6 +13,12 @@ Parts (``--part``, in priority order):
   (iv) IMM, (v) neither, (vi) AUG, at the default budget.
 - ``table1``: feature-map target vs one global vector, on bottle and bottle-RTO (no IMM).
 - ``cost``: aligner + LocalOCC default fit on bottle, and end-to-end predict images/s.
+- ``speed``: predict speed on an idle machine, paired: aligner + LocalOCC
+  ``predict`` (images in, labels out), the same with maps at 224 px back in each
+  image's frame, and the default extractor's forward pass over the same images
+  (the backbone reference), timed in alternation (``--pairs`` rounds). Predict cost
+  does not depend on the training budget, so this part fits with ``--epochs``
+  / ``--align-epochs`` (default 1 here) to save time.
 - ``synthetic_align``: where misalignment hurts a position-bound detector: skad's
   synthetic object kind (256 px, centre 224 crop vs ``make_rto``), PaDiM and LocalOCC
   with and without the aligner.
@@ -139,6 +145,43 @@ class FeatureDetector:
         return self.pipe.score_and_map(X, output_size=output_size)
 
 
+def speed_rows(data, pairs, epochs, align_epochs):
+    """Paired predict timings: aligner + LocalOCC (labels; maps) vs the backbone forward."""
+    from skad import make_pipeline
+
+    size = data.test_masks.shape[1:]
+    pipe = make_pipeline(aligner(epochs=align_epochs), local_occ(epochs=epochs))
+    pipe.fit(data.train_images)
+    align = pipe[0]
+    ext = C._extractor().fit(data.train_images[:1])
+
+    def with_maps(images):
+        _, maps = pipe.score_and_map(images, output_size=size)
+        return align.inverse_transform_maps(images, maps)
+
+    jobs = {"IMM + LocalOCC predict (labels)": pipe.predict,
+            "LocalOCC predict, no aligner": pipe[-1].predict,
+            "IMM + LocalOCC score_and_map (maps at 224, own frame)": with_maps,
+            "backbone forward (default PatchFeatureExtractor.transform)": ext.transform}
+    images = data.test_images
+    times = {k: [] for k in jobs}
+    for f in jobs.values():
+        f(images[:4])
+    for _ in range(pairs):
+        for k, f in jobs.items():
+            t = time.perf_counter()
+            f(images)
+            times[k].append(time.perf_counter() - t)
+    ref = float(np.median(times["backbone forward (default PatchFeatureExtractor.transform)"]))
+    rows = []
+    for k, v in times.items():
+        med = float(np.median(v))
+        rows.append({"variant": k, "median_s": med, "images_per_s": len(images) / med,
+                     "ratio_to_backbone": med / ref,
+                     "rounds_s": [round(x, 3) for x in v]})
+    return rows
+
+
 def main():
     import torch
 
@@ -151,6 +194,7 @@ def main():
     ap.add_argument("--targets", nargs="*", default=["map", "global"],
                     help="table1 targets (the map rows equal oneclass / table2 (ii))")
     ap.add_argument("--name", default=None, help="results file name (local_occ_<part>)")
+    ap.add_argument("--pairs", type=int, default=7, help="speed: alternating rounds")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     command = "python benchmarks/bench_local_occ.py " + " ".join(sys.argv[1:])
@@ -235,6 +279,10 @@ def main():
                     rows.append(run_model(f"{dname} target={target}", data,
                                           local_occ(target=target, **ex)))
             data_desc = "MVTec AD bottle (224 centre crop) and bottle-RTO"
+        elif part == "speed":
+            data = C.bottle_data()
+            rows += speed_rows(data, args.pairs, args.epochs or 1, args.align_epochs or 1)
+            data_desc = "MVTec AD bottle, 256 -> 224 centre crop, the 83 test images"
         elif part == "cost":
             data = C.bottle_data()
             rows.append(run_model("IMM + LocalOCC default", data, local_occ(**ex),

@@ -42,10 +42,14 @@ def synthesizer(**params):
     return AnomalySynthesizer(**{**base, **params})
 
 
+SEED = 0  # --seed
+
+
 def memseg(synth=None, **params):
     from skad.detectors import MemSeg
 
-    return MemSeg(synthesizer=synth or synthesizer(), random_state=0, device="cpu", **params)
+    return MemSeg(synthesizer=synth or synthesizer(), random_state=SEED, device="cpu",
+                  **params)
 
 
 def run_memseg(name, data, synth=None, **params):
@@ -114,11 +118,24 @@ def main():
     ap.add_argument("--ablation-iter", type=int, default=200)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--name", default="memseg_bottle")
+    ap.add_argument("--seed", type=int, default=0, help="MemSeg random_state of every row")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="ablation rows to run (their exact names); default all")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in benchmarks/results/<name>.json")
     args = ap.parse_args()
+    global SEED
+    SEED = args.seed
     torch.set_num_threads(THREADS)
     only = set(args.only or ["default", "baselines"])
     data = C.bottle_data()
     rows, models, notes = [], {}, []
+    if args.append and (C.RESULTS / f"{args.name}.json").exists():
+        import json
+
+        old = json.loads((C.RESULTS / f"{args.name}.json").read_text())
+        rows = old["rows"]
+        notes = old.get("notes", [])
     extra = {} if args.max_iter is None else {"max_iter": args.max_iter}
     if "default" in only:
         row, det = run_memseg("MemSeg (defaults)" if not extra else
@@ -147,28 +164,45 @@ def main():
     for part, table, to_synth in (("table5", TABLE5, False), ("table3", TABLE3, True)):
         if part not in only:
             continue
-        notes.append(f"{part}: every row max_iter={args.ablation_iter}, random_state=0.")
+        note = f"{part}: every row max_iter={args.ablation_iter}."
+        if note not in notes:
+            notes.append(note)
         for name, params in table:
+            if args.rows is not None and name not in args.rows:
+                continue
             if to_synth:
                 row, _ = run_memseg(name, data, synthesizer(**params),
                                     max_iter=args.ablation_iter)
             else:
                 row, _ = run_memseg(name, data, max_iter=args.ablation_iter, **params)
+            row["seed"] = SEED
             rows.append(row)
             _write(args, rows, notes)  # a partial run leaves its rows
     _write(args, rows, notes)
 
 
 def _write(args, rows, notes):
+    import json
+    import shlex
+
+    command = "python benchmarks/bench_memseg.py " + shlex.join(sys.argv[1:])
     notes = list(notes)
-    notes.append("MemSeg rows: synthesizer = AnomalySynthesizer(texture_source=DTD, "
-                 "use_foreground=True, foreground_invert=True) unless a T3 row says "
-                 "otherwise; maps (160 px) upsampled bilinearly to 224 px, "
-                 "unsmoothed (sigma=0); "
-                 "pixel_auroc_sigma4 = the same maps Gaussian-smoothed with sigma 4 px. "
-                 "score_ips = score_and_map images/s inside the benchmark process.")
-    command = "python benchmarks/bench_memseg.py " + " ".join(sys.argv[1:])
-    C.write_results(args.name, rows, command.strip(), notes="\n\n".join(notes))
+    if args.append:  # one table from several invocations: list each, in order
+        if f"ran: `{command}`" not in notes:
+            n_ran = sum(n.startswith("ran: ") for n in notes)
+            notes.insert(n_ran, f"ran: `{command}`")
+        command = "the invocations listed under 'ran:' below, in that order"
+    fixed = ("MemSeg rows: synthesizer = AnomalySynthesizer(texture_source=DTD, "
+             "use_foreground=True, foreground_invert=True) unless a T3 row says "
+             "otherwise; maps (160 px) upsampled bilinearly to 224 px, "
+             "unsmoothed (sigma=0); "
+             "pixel_auroc_sigma4 = the same maps Gaussian-smoothed with sigma 4 px. "
+             "score_ips = score_and_map images/s inside the benchmark process.")
+    C.write_results(args.name, rows, command, notes="\n\n".join(notes + [fixed]))
+    path = C.RESULTS / f"{args.name}.json"
+    blob = json.loads(path.read_text())
+    blob["notes"] = notes
+    path.write_text(json.dumps(blob, indent=1, default=str))
 
 
 if __name__ == "__main__":
