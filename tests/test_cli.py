@@ -336,12 +336,18 @@ def test_registry_discovers_every_exported_detector():
         registry.get_detector("mean_distanse")
 
 
-def test_registry_blind_sets_exclude_self():
+def test_registry_blind_sets_exclude():
+    from skad.detectors import BlindModeMixin
+
+    n_blind = 0
     for name, spec in registry.available_detectors().items():
         steps = registry.make_detector_steps(name, blind=True, random_state=3)
         params = steps[-1].get_params()
-        if "exclude_self" in params:
-            assert params["exclude_self"] is True
+        if isinstance(steps[-1], BlindModeMixin):
+            assert params["exclude"] == "self"
+            n_blind += 1
+        assert params.get("exclude_self", "deprecated") == "deprecated"
+    assert n_blind >= 3  # PatchCore, SPADE, PatchCluster
         if "random_state" in params:
             assert params["random_state"] == 3
 
