@@ -347,9 +347,9 @@ def test_registry_blind_sets_exclude():
             assert params["exclude"] == "self"
             n_blind += 1
         assert params.get("exclude_self", "deprecated") == "deprecated"
-    assert n_blind >= 3  # PatchCore, SPADE, PatchCluster
         if "random_state" in params:
             assert params["random_state"] == 3
+    assert n_blind >= 3  # PatchCore, SPADE, PatchCluster
 
 
 def test_resize_crop_matches_the_loaders(tmp_path):
