@@ -8,7 +8,6 @@ variants, with one table of expected failures and a reason per detector kind.
 import warnings
 
 import numpy as np
-import pytest
 from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor

@@ -315,7 +315,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     #    (calibration_, see _calibration_mode);
     # 2. offset_ from them: false_alarm_rate -> split-conformal quantile; contamination
     #    "auto" -> the least normal calibration score (no calibration sample flagged;
-    #    blind mode: blind_offset); a float contamination -> that percentile of the calibration scores.
+    #    blind mode: blind_offset); a float contamination -> that percentile of the
+    #    calibration scores.
     def _score_images(self, X):
         return self._score(X)[0]
 

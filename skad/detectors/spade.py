@@ -201,7 +201,6 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     def _spade_scores(self, X):
         n, c, h, w = X.shape
         dev = self.device_
-        K = self.n_neighbors_
         image, nbr = self._image_level(X, exclude_own=False)
         kappa = self.n_pixel_neighbors_
         rows = patch_rows(X).reshape(n, h * w, c)
