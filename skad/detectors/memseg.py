@@ -276,7 +276,9 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         ``lambda_l1`` and ``lambda_f`` of eq. 10 (Table 4: either may be 0).
     focal_gamma : float, default=4.0
     top_k : int, default=100
-        Pixels averaged into the image score.
+        Pixels averaged into the image score; images with fewer pixels average all of
+        them (the one size limit known only when scoring: images of any size are
+        accepted, so there is no fitted ``top_k_``).
     max_iter : int, default=500
         Optimisation steps (the paper: 2700).
     epochs : int or None, default=None
