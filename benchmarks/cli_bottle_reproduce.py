@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from skad.metrics import image_auroc
-from skad.report import machine_description
+from skad.benchmark import machine_description
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SKAD_SHARED_DATA", HERE.parent.parent / "shared" / "data"))

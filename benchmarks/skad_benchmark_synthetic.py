@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skad.report import machine_description
+from skad.benchmark import machine_description
 
 HERE = Path(__file__).resolve().parent
 

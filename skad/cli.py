@@ -248,38 +248,6 @@ def _training_files(folder):
     )
 
 
-def _as_train_test(data, seed, test_size=0.2):
-    """A loader's flat Bunch (images, labels, masks) -> the train/test fields of load_mvtec.
-
-    One-class split: a random ``test_size`` share of the normal images is held out for
-    testing with every defective image (:class:`~skad.model_selection.OneClassSplit`);
-    the rest are the training normals. A set without normal images has an empty
-    training set (only the blind settings run on it).
-    """
-    from sklearn.utils import Bunch
-
-    from .model_selection import OneClassSplit
-
-    labels = np.asarray(data.labels).astype(int)
-    names = list(data.filenames)
-    masks = data.get("masks")
-    n = len(labels)
-    if (labels == 0).sum() >= 2:
-        split = OneClassSplit(n_splits=1, test_size=test_size, random_state=seed)
-        train, test = next(split.split(np.zeros(n), labels))
-    else:
-        train, test = np.array([], dtype=int), np.arange(n)
-    images = np.asarray(data.images)
-    return Bunch(
-        train_images=images[train],
-        test_images=images[test],
-        test_labels=labels[test],
-        test_masks=None if masks is None else np.asarray(masks)[test],
-        train_filenames=[names[i] for i in train],
-        test_filenames=[names[i] for i in test],
-    )
-
-
 def _load_benchmark_data(args):
     """(Bunch with load_mvtec's fields, description) for ``skad benchmark``."""
     from . import datasets
@@ -315,7 +283,7 @@ def _load_benchmark_data(args):
         return data, f"MVTec AD {category} ({os.fspath(root)}), {where}"
     loader = {"folder": datasets.load_folder, "elpv": datasets.load_elpv,
               "crackforest": datasets.load_crackforest}[fmt]
-    data = _as_train_test(loader(root, **geometry), args.seed)
+    data = datasets.one_class_train_test(loader(root, **geometry), random_state=args.seed)
     split = (f"{len(data.train_images)} normal images for training, the other normals and "
              f"every defective image for testing (seed {args.seed})")
     return data, f"{fmt} {os.fspath(root)}, {where}; one-class split: {split}"
@@ -344,7 +312,8 @@ def _cmd_list(args, out):
 
 def _cmd_benchmark(args, out):
     from .registry import available_detectors, get_detector
-    from .report import run_benchmark, write_report
+    from .benchmark import run_benchmark
+    from .report import write_report
 
     specs = available_detectors()
     if args.detectors:
@@ -467,24 +436,12 @@ def _load_model(path, trusted=()):
     return model
 
 
-def _heatmap_rgb(image, amap, vmin, vmax, alpha=0.5):
-    """Image blended with a jet-coloured anomaly map (shared colour scale)."""
-    from matplotlib import colormaps
-
-    img = np.asarray(image)
-    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    norm = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    heat = colormaps["jet"](norm)[..., :3]
-    return (np.clip((1 - alpha) * img + alpha * heat, 0, 1) * 255).round().astype(np.uint8)
-
-
 def _cmd_predict(args, out):
     import pandas as pd
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from .plot import heatmap_rgb
     from .preprocessing import ResizeCrop
 
     # cheap checks first: loading a model takes seconds
@@ -575,7 +532,7 @@ def _cmd_predict(args, out):
             # the path below --images names the file, so equal names in subfolders differ
             rel = Path(f).relative_to(folder).with_suffix("")
             p = map_dir / ("__".join(rel.parts) + "_heatmap.png")
-            Image.fromarray(_heatmap_rgb(img, amap, vmin, vmax)).save(p)
+            Image.fromarray(heatmap_rgb(img, amap, vmin=vmin, vmax=vmax)).save(p)
             paths.append(os.fspath(p))
         table["heatmap"] = paths
     tmp_csv = out_csv.with_name(f".{out_csv.name}.tmp")

@@ -304,8 +304,9 @@ def make_detector_steps(name, *, params=None, random_state=None, blind=False, sp
         Set on every step that has a ``random_state`` parameter (unless ``params``
         sets it).
     blind : bool, default=False
-        Blind setting (the scored set is the fitted set): sets ``exclude_self=True``
-        on detectors that have it, so a patch never matches itself.
+        Blind setting (the scored set is the fitted set): sets ``exclude="self"`` on
+        detectors that have the blind-mode switch
+        (:class:`~skad.detectors.BlindModeMixin`), so a patch never matches itself.
     specs : dict, optional
         Output of :func:`available_detectors`.
     extractor : transformer, optional
@@ -342,8 +343,9 @@ def make_detector_steps(name, *, params=None, random_state=None, blind=False, sp
         for step in steps:
             if "random_state" in step.get_params(deep=False):
                 step.set_params(random_state=random_state)
-    if blind and "exclude_self" in own and "exclude_self" not in params:
-        final.set_params(exclude_self=True)
+    if (blind and "exclude" in own and "exclude" not in params
+            and "exclude_self" not in params):
+        final.set_params(exclude="self")  # the blind-mode switch (BlindModeMixin)
     if (extractor is not None and getattr(final, "_shares_run_extractor", False)
             and "extractor" not in params):
         final.set_params(extractor=clone(extractor))

@@ -116,6 +116,33 @@ def test_benchmark_writes_results_and_reports(bench):
     scores = pd.read_csv(out / "scores.csv")
     assert list(scores.columns) == ["file", "label", "mean_distance", "lof"]
     assert len(scores) == 8
+    # peak memory is shown, never ranked: no bold in its column; below 1 MB it reads "<1"
+    header = next(line for line in md_text.splitlines() if line.startswith("| detector"))
+    col = [c.strip() for c in header.strip("|").split("|")].index("peak memory MB")
+    for name in ("mean_distance", "lof"):
+        row = next(line for line in md_text.splitlines() if line.startswith(f"| {name} |"))
+        cell = [c.strip() for c in row.strip("|").split("|")][col]
+        assert not cell.startswith("**")
+        value = md.loc[name, "peak_mem_mb"]
+        assert cell == ("<1" if value < 1 else f"{value:.1f}")
+
+
+def test_peak_memory_sees_pages_an_earlier_detector_freed():
+    # LOF after PaDiM used to read ~0.6 MB (pages PaDiM freed, still resident, reused);
+    # its own numpy allocations peak at ~3.5 MB (benchmarks/results/peak_memory_check.md)
+    from sklearn.pipeline import make_pipeline
+
+    from skad.benchmark import PeakMemory
+    from skad.registry import make_detector_steps
+
+    X = np.random.default_rng(0).normal(size=(30, 152, 28, 28)).astype(np.float32)
+    make_pipeline(*make_detector_steps("padim", random_state=0)).fit(X)
+    lof = make_pipeline(*make_detector_steps("lof"))
+    with PeakMemory() as mem:
+        lof.fit(X).score_samples(X[:20])
+    if mem.method != "rss":
+        pytest.skip("resident-memory measure needs Linux /proc")
+    assert mem.peak_mb > 2.0
 
 
 def test_fit_predict_reproduces_benchmark_scores(bench, folders, data, tmp_path):
@@ -336,14 +363,20 @@ def test_registry_discovers_every_exported_detector():
         registry.get_detector("mean_distanse")
 
 
-def test_registry_blind_sets_exclude_self():
+def test_registry_blind_sets_exclude():
+    from skad.detectors import BlindModeMixin
+
+    n_blind = 0
     for name, spec in registry.available_detectors().items():
         steps = registry.make_detector_steps(name, blind=True, random_state=3)
         params = steps[-1].get_params()
-        if "exclude_self" in params:
-            assert params["exclude_self"] is True
+        if isinstance(steps[-1], BlindModeMixin):
+            assert params["exclude"] == "self"
+            n_blind += 1
+        assert params.get("exclude_self", "deprecated") == "deprecated"
         if "random_state" in params:
             assert params["random_state"] == 3
+    assert n_blind >= 3  # PatchCore, SPADE, PatchCluster
 
 
 def test_resize_crop_matches_the_loaders(tmp_path):

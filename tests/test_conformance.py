@@ -5,13 +5,23 @@ finds (so a new detector is checked as soon as it is exported) plus extra parame
 variants, with one table of expected failures and a reason per detector kind.
 """
 
-import pytest
+import warnings
+
+import numpy as np
 from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skad.detectors import SPADE, NPad, PaDiM, PatchCluster, PatchCore, PatchOutlierDetector
+from skad.detectors import (
+    SPADE,
+    ClippedParameterWarning,
+    NPad,
+    PaDiM,
+    PatchCluster,
+    PatchCore,
+    PatchOutlierDetector,
+)
 from skad.registry import available_detectors
 
 _OUTLIER_CHECKS = ("check_outliers_fit_predict", "check_outliers_train")
@@ -40,36 +50,36 @@ _AUTO_REASON = (
     "sample flagged, BaseDetector), while the check expects both labels on the training set"
 )
 
-# PatchCore's default coreset (10 %) of the 10-sample sets these checks fit on is a
-# one-row bank; the leave-own-image-out training scores then find no eligible row for
-# that row's image and the search raises (a limitation of tiny training sets; the
-# variants below check PatchCore with coreset_ratio=0.5).
-_ONE_ROW_BANK_CHECKS = ("check_n_features_in_after_fitting", "check_estimators_nan_inf",
-                        "check_classifier_data_not_an_array", "check_fit2d_1feature")
-_ONE_ROW_BANK_REASON = (
-    "coreset_ratio < 0.2 of 10 training samples keeps one bank row: no row left for its "
-    "own image's leave-own-image-out training score"
-)
-
 # Position-wise Gaussians through the shared Mahalanobis kernel (N-pad's many
 # offsets and shifts): results may differ by about one ulp (~2e-7) between a batch of
 # 1 and of n, where the checks demand 1e-7 (passes on some machines).
 _ULP_REASON = "float32 batched triangular solves differ by ~1 ulp between batch sizes"
 
 
+def _fitted_calibration(estimator):
+    """``calibration_`` (public) of the estimator fitted on a small 2-D set."""
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClippedParameterWarning)
+        return clone(estimator).fit(rng.normal(size=(20, 3))).calibration_
+
+
+def _blind(estimator):
+    """Blind mode (contamination="auto" is then the robust rule, which flags some)."""
+    if isinstance(estimator, PatchOutlierDetector):  # LocalOutlierFactor(novelty=False)
+        return isinstance(estimator.estimator, LocalOutlierFactor) and not \
+            estimator.estimator.novelty
+    return estimator.get_params().get("exclude") is not None
+
+
 def _expected_failed_checks(estimator):
     failed = {}
-    if isinstance(estimator, (PatchCore, SPADE)):
+    if isinstance(estimator, (PatchCore, SPADE)) and not _blind(estimator):
         failed.update(dict.fromkeys(_OUTLIER_CHECKS, _MEMORY_BANK_REASON))
-    elif estimator.contamination == "auto" and not isinstance(estimator, PatchCluster):
-        # PatchCluster (blind) reads "auto" as a robust rule on its training scores,
-        # which flags some of them: it passes
+    elif estimator.contamination == "auto" and not _blind(estimator):
         failed.update(dict.fromkeys(_OUTLIER_CHECKS, _AUTO_REASON))
-    elif estimator.calibration == "cv" or (
-            estimator.calibration == "auto" and estimator._default_calibration() == "cv"):
+    elif not _blind(estimator) and _fitted_calibration(estimator) == "cv":
         failed.update(dict.fromkeys(_OUTLIER_CHECKS, _CV_REASON))
-    if isinstance(estimator, PatchCore) and estimator.coreset_ratio < 0.2:
-        failed.update(dict.fromkeys(_ONE_ROW_BANK_CHECKS, _ONE_ROW_BANK_REASON))
     if isinstance(estimator, NPad):
         failed.update(check_methods_subset_invariance=_ULP_REASON,
                       check_methods_sample_order_invariance=_ULP_REASON)
@@ -105,6 +115,8 @@ _VARIANTS = [
     PatchCore(coreset_ratio=0.5, n_neighbors=3, random_state=0, device="cpu"),
     PatchCore(coreset_ratio=1.0, random_state=0, device="cpu"),
     PatchCore(coreset_ratio=0.5, contamination=0.1, random_state=0, device="cpu"),
+    PatchCore(exclude="self", random_state=0, device="cpu"),
+    SPADE(exclude="self", device="cpu"),
     PaDiM(n_features=3, random_state=0, device="cpu"),
     PaDiM(contamination=0.1, random_state=0, device="cpu"),
     PaDiM(contamination=0.1, calibration="in_sample", random_state=0, device="cpu"),

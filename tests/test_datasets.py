@@ -373,3 +373,29 @@ def test_blind_setting_with_paths(mvtec_tree):
     assert isinstance(X, list) and len(X) == 6 and m.shape == (6, 40, 40)
     X, y, m = blind_setting(data, "ano")
     assert len(X) == 2 and isinstance(X, list)
+
+
+def test_one_class_train_test_holds_out_normals_with_every_defect():
+    from sklearn.utils import Bunch
+
+    from skad.datasets import one_class_train_test
+
+    labels = np.r_[np.zeros(20, int), np.ones(5, int)]
+    data = Bunch(images=np.arange(25)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8),
+                 labels=labels, filenames=[f"f{i}" for i in range(25)],
+                 masks=np.zeros((25, 4, 4), np.uint8))
+    split = one_class_train_test(data, test_size=0.2, random_state=0)
+    train = [int(f[1:]) for f in split.train_filenames]
+    test = [int(f[1:]) for f in split.test_filenames]
+    assert len(train) == 16 and len(test) == 9 and not set(train) & set(test)
+    assert labels[train].sum() == 0 and split.test_labels.sum() == 5
+    np.testing.assert_array_equal(split.test_images[:, 0, 0, 0], test)
+    assert split.test_masks.shape == (9, 4, 4)
+    # reproducible; no normal images: nothing to train on
+    again = one_class_train_test(data, test_size=0.2, random_state=0)
+    assert again.train_filenames == split.train_filenames
+    only_bad = Bunch(images=data.images[20:], labels=labels[20:],
+                     filenames=data.filenames[20:])
+    empty = one_class_train_test(only_bad)
+    assert len(empty.train_images) == 0 and len(empty.test_images) == 5
+    assert empty.test_masks is None

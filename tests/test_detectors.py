@@ -102,8 +102,8 @@ def test_patchcore_training_scores_exclude_own_image():
     ids = np.repeat(np.arange(len(X_train)), 25)
     d, _ = knn_search(rows, rows, 1, query_groups=ids, bank_groups=ids)
     assert -det.train_scores_.max() <= d.max() + 1e-5
-    # blind use: exclude_self skips the patch itself
-    blind = PatchCore(coreset_ratio=1.0, exclude_self=True).fit(X_train)
+    # blind use: exclude="self" skips the patch itself
+    blind = PatchCore(coreset_ratio=1.0, exclude="self").fit(X_train)
     assert blind.anomaly_map(X_train).min() > 0
 
 
@@ -126,7 +126,7 @@ def test_patchcore_approx_method_records_choice():
                                rtol=1e-5)
     np.testing.assert_allclose(cells.offset_, det.offset_, rtol=1e-5)
     # blind use (second nearest row) too
-    blind = [PatchCore(coreset_ratio=1.0, exclude_self=True, approx_threshold=t,
+    blind = [PatchCore(coreset_ratio=1.0, exclude="self", approx_threshold=t,
                        device="cpu").fit(X_train) for t in (10_000, n_bank)]
     assert [b.nn_method_ for b in blind] == ["exact", "cells"]
     np.testing.assert_allclose(blind[1].anomaly_score(X_train),
@@ -173,7 +173,7 @@ def test_spade_image_and_pixel_levels():
     Dp = np.sort(np.linalg.norm(q[:, None] - gallery[None], axis=2), axis=1)[:, :2].mean(1)
     np.testing.assert_allclose(det.anomaly_map(X_test[:1]).reshape(-1), Dp, rtol=1e-5)
     assert SPADE(n_neighbors=100).fit(X_train).n_neighbors_ == len(X_train) - 1
-    blind = SPADE(n_neighbors=3, exclude_self=True).fit(X_train)
+    blind = SPADE(n_neighbors=3, exclude="self").fit(X_train)
     assert blind.anomaly_map(X_train).min() > 0
 
 
@@ -221,8 +221,9 @@ def test_parameter_errors():
         PatchCore(nn_method="fast").fit(X_train)
     with pytest.raises(ValueError, match="n_features"):
         PaDiM(n_features=0).fit(X_train)
-    with pytest.raises(ValueError, match="n_pixel_neighbors=500"):
-        SPADE(n_neighbors=2, n_pixel_neighbors=500).fit(X_train).score_samples(X_train)
+    with pytest.warns(UserWarning, match="n_pixel_neighbors=500 exceeds the 50 patches"):
+        det = SPADE(n_neighbors=2, n_pixel_neighbors=500).fit(X_train)
+    assert det.n_pixel_neighbors_ == 50
     with pytest.raises(ValueError, match="image_score"):
         PatchOutlierDetector(image_score="median").fit(X_train)
 

@@ -326,13 +326,23 @@ def test_determinism():
         ({"modules": "BC"}, "requires 'A'"),
         ({"modules": ("A", "X")}, "modules"),
         ({"modules": ()}, "modules"),
-        ({"n_channels": 9}, "n_channels"),
+        ({"eps": 0.0}, "eps"),
     ],
 )
 def test_bad_params(params, match):
     X, _ = _smooth_normals(n=6, d=3, h=3, w=3)
     with pytest.raises(ValueError, match=match):
         NPad(**params).fit(X)
+
+
+def test_too_many_channels_are_clipped():
+    # the clip-or-raise rule (skad.detectors.clip_to_data): more channels than X has
+    X, _ = _smooth_normals(n=6, d=3, h=3, w=3)
+    with pytest.warns(UserWarning, match="n_channels=9 exceeds the 3 channels of X"):
+        det = NPad(n_channels=9, max_shift=0, random_state=0).fit(X)
+    ref = NPad(n_channels=None, max_shift=0, random_state=0).fit(X)
+    assert det.n_channels_ == ref.n_channels_ == 3
+    np.testing.assert_array_equal(det.anomaly_map(X), ref.anomaly_map(X))
 
 
 def test_mismatched_patch_shape_and_images():

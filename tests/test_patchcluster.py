@@ -94,17 +94,21 @@ def test_duplicated_anomaly_does_not_hide_itself(exclude):
     assert not set(np.argsort(hidden.anomaly_score(X))[-2:]) == {20, 21}
 
 
-def test_n_neighbors_larger_than_bank_errors():
+def test_n_neighbors_larger_than_bank_is_clipped():
+    # the clip-or-raise rule (clip_to_data): clipped with a warning, value in n_neighbors_
     X = _normal_maps(n=4, h=2, w=2)  # 16 patches
-    with pytest.raises(ValueError, match=r"n_neighbors=16 exceeds the 15 bank entries"):
-        PatchCluster(n_neighbors=16).fit(X)
-    PatchCluster(n_neighbors=15).fit(X)
+    with pytest.warns(UserWarning, match=r"n_neighbors=16 exceeds the 15 bank entries"):
+        det = PatchCluster(n_neighbors=16).fit(X)
+    assert det.n_neighbors_ == 15
+    np.testing.assert_array_equal(det.anomaly_map(X),
+                                  PatchCluster(n_neighbors=15).fit(X).anomaly_map(X))
     # exclude="image" removes the 4 patches of the query's own image
-    with pytest.raises(ValueError, match=r"n_neighbors=13 exceeds the 12 bank entries"):
-        PatchCluster(n_neighbors=13, exclude="image").fit(X)
+    with pytest.warns(UserWarning, match=r"n_neighbors=13 exceeds the 12 bank entries"):
+        assert PatchCluster(n_neighbors=13, exclude="image").fit(X).n_neighbors_ == 12
     # coreset: 8 bank entries, one of which may be the patch itself
-    with pytest.raises(ValueError, match=r"n_neighbors=8 exceeds the 7 bank entries"):
-        PatchCluster(n_neighbors=8, coreset_ratio=0.5, random_state=0).fit(X)
+    with pytest.warns(UserWarning, match=r"n_neighbors=8 exceeds the 7 bank entries"):
+        det = PatchCluster(n_neighbors=8, coreset_ratio=0.5, random_state=0).fit(X)
+    assert det.n_neighbors_ == 7 and det.n_reweight_neighbors_ == 7
     with pytest.raises(ValueError, match="1 sample"):
         PatchCluster(exclude="image").fit(X[:1])
 

@@ -66,3 +66,20 @@ def test_plot_errors():
         plot_anomaly_overlay(np.full((32, 32), 2.0), maps[0])
     with pytest.raises(TypeError, match="Figure or Axes"):
         save_png("not a figure", "x.png")
+
+
+def test_heatmap_rgb_blends_the_colour_mapped_map():
+    from matplotlib import colormaps
+
+    from skad.plot import heatmap_rgb
+
+    img = np.full((6, 5, 3), 200, np.uint8)
+    amap = np.linspace(0, 1, 30).reshape(6, 5)
+    out = heatmap_rgb(img, amap, vmin=0.0, vmax=1.0, alpha=0.25)
+    expected = 0.75 * 200 / 255 + 0.25 * colormaps["jet"](amap)[..., :3]
+    np.testing.assert_array_equal(out, (expected * 255).round().astype(np.uint8))
+    # shared scale: values outside [vmin, vmax] saturate; grayscale images are expanded
+    gray = heatmap_rgb(np.zeros((6, 5)), amap * 10, vmin=0.0, vmax=1.0)
+    assert gray.shape == (6, 5, 3) and (gray[-1, -1] == gray[-1, -2]).all()
+    with pytest.raises(ValueError, match="anomaly_map: shape"):
+        heatmap_rgb(img, amap[:3])

@@ -154,7 +154,7 @@ def test_tiny_sets_fall_back_to_in_sample():
     X = _pool(n=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        det = PaDiM(device="cpu").fit(X)
+        det = PaDiM(n_features=None, device="cpu").fit(X)
     assert det.calibration_ == "in_sample"
 
 

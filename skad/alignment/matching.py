@@ -8,7 +8,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from ..utils._sklearn_compat import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._training import record_training, seeded, train_loop, training_constraints

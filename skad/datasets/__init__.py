@@ -9,6 +9,7 @@ from ._crackforest import load_crackforest
 from ._elpv import load_elpv
 from ._folder import load_folder
 from ._mvtec import load_mvtec
+from ._split import one_class_train_test
 from ._synthetic import DEFECT_TYPES, SYNTHETIC_KINDS, make_synthetic
 from ._transforms import blind_setting, make_rto, rotate_crop
 
@@ -22,5 +23,6 @@ __all__ = [
     "load_mvtec",
     "make_rto",
     "make_synthetic",
+    "one_class_train_test",
     "rotate_crop",
 ]

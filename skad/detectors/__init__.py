@@ -1,6 +1,14 @@
 """Anomaly detectors: one module per method, all with the scikit-learn outlier API."""
 
-from ._base import BaseDetector, ImageDetectorMixin, PatchDetectorMixin
+from ._base import (
+    BaseDetector,
+    BlindModeMixin,
+    ClippedParameterWarning,
+    ImageDetectorMixin,
+    PatchDetectorMixin,
+    blind_offset,
+    clip_to_data,
+)
 from .local_occ import LocalOCC
 from .memseg import MemSeg
 from .npad import NPad
@@ -13,6 +21,8 @@ from .spade import SPADE
 
 __all__ = [
     "BaseDetector",
+    "BlindModeMixin",
+    "ClippedParameterWarning",
     "ImageDetectorMixin",
     "LocalOCC",
     "MemSeg",
@@ -24,4 +34,6 @@ __all__ = [
     "PatchOutlierDetector",
     "SMCC",
     "SPADE",
+    "blind_offset",
+    "clip_to_data",
 ]

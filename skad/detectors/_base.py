@@ -9,13 +9,17 @@ from numbers import Real
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._kernels.maps import resize_smooth
+from ..utils._sklearn_compat import Hidden, Interval, StrOptions
 from ..utils.validation import ImageSet, _is_path_sequence, check_images, check_patches
 
-__all__ = ["BaseDetector", "ImageDetectorMixin", "PatchDetectorMixin", "conformal_offset"]
+__all__ = ["BaseDetector", "BlindModeMixin", "ClippedParameterWarning", "ImageDetectorMixin",
+           "PatchDetectorMixin", "blind_offset", "clip_to_data", "conformal_offset"]
+
+#: robust z of ``contamination="auto"`` in blind mode (the usual 3-MAD outlier rule)
+_BLIND_MADS = 3.0
 
 #: folds of ``calibration="cv"`` (cross-fitted calibration scores)
 _CV_FOLDS = 5
@@ -64,6 +68,158 @@ def conformal_offset(calibration_anomaly, false_alarm_rate):
     return float(a[max(k, 1) - 1])
 
 
+class ClippedParameterWarning(UserWarning):
+    """A size parameter exceeded what the data holds and was clipped (:func:`clip_to_data`)."""
+
+
+def clip_to_data(detector, name, value, limit, what):
+    """The value of a size parameter that the data allows: skad's clip-or-raise rule.
+
+    Every detector applies one rule to its size parameters (``n_neighbors``,
+    ``n_features``, ``n_channels``, ``n_components``, ``n_memory``, ...):
+
+    - a value no data could allow (0 neighbours, a negative ratio, ``eps <= 0``) is
+      refused by the parameter constraints when ``fit`` starts
+      (``InvalidParameterError``, a ``ValueError``);
+    - a valid value that exceeds what *this* data holds (more neighbours than eligible
+      bank rows, more channels than ``X`` has) is clipped to ``limit``, as scikit-learn's
+      :class:`~sklearn.neighbors.LocalOutlierFactor` does with ``n_neighbors``: a
+      :class:`ClippedParameterWarning` (a ``UserWarning``) names the parameter, the
+      value asked and the limit, and the value used is stored in the fitted attribute
+      ``<name>_`` (the cross-fitted models of ``calibration="cv"`` clip alike, without
+      repeating the warning);
+    - ``value=None`` means "as many as the data holds" (``limit``, no warning);
+    - a limit below 1 (the data leaves nothing to use) raises a ``ValueError`` saying
+      what is missing.
+
+    Parameters
+    ----------
+    detector : estimator
+        Receives the fitted attribute ``<name>_``.
+    name : str
+        The parameter's name.
+    value : int or None
+        The parameter's value.
+    limit : int
+        The largest value the data allows.
+    what : str
+        What ``limit`` counts, for the messages ("channels of X", "bank rows a
+        training patch may match").
+
+    Returns
+    -------
+    effective : int
+        ``min(value, limit)`` (``limit`` for None), also stored as ``<name>_``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from skad.detectors import PaDiM
+    >>> from skad.detectors._base import clip_to_data
+    >>> det = PaDiM()
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     clip_to_data(det, "n_features", 100, 6, "channels of X")
+    6
+    >>> det.n_features_, str(w[0].message)[:43]
+    (6, 'n_features=100 exceeds the 6 channels of X')
+    """
+    limit = int(limit)
+    if limit < 1:
+        raise ValueError(
+            f"{type(detector).__name__}: {name} needs at least 1 of the {what}; the "
+            f"training data leaves {limit}: fit on more (or larger) samples"
+        )
+    if value is None:
+        effective = limit
+    elif int(value) > limit:
+        warnings.warn(
+            f"{name}={value} exceeds the {limit} {what}; {type(detector).__name__} uses "
+            f"{name}_={limit}", ClippedParameterWarning, stacklevel=4,
+        )
+        effective = limit
+    else:
+        effective = int(value)
+    setattr(detector, f"{name}_", effective)
+    return effective
+
+
+def blind_offset(calibration_scores):
+    """``offset_`` of ``contamination="auto"`` in blind mode: median - 3 scaled MADs.
+
+    In blind mode the training set is the set scored and holds the anomalies to find,
+    so "no training sample flagged" would flag nothing. A sample is flagged instead
+    when its anomaly score is a robust outlier among the training samples' anomaly
+    scores: more than 3 scaled median absolute deviations
+    (``1.4826 * median |a - median(a)|``, the standard deviation for normal data)
+    above their median.
+
+    Parameters
+    ----------
+    calibration_scores : array-like of shape (n,)
+        Normality scores (higher = more normal) of the training samples.
+
+    Returns
+    -------
+    offset : float
+
+    Examples
+    --------
+    >>> from skad.detectors._base import blind_offset
+    >>> blind_offset([-1.0, -1.1, -0.9, -1.0, -9.0])   # -(1 + 3 * 1.4826 * 0.1)
+    -1.44478
+    """
+    anomaly = -np.asarray(calibration_scores, dtype=np.float64)
+    med = float(np.median(anomaly))
+    mad = 1.4826 * float(np.median(np.abs(anomaly - med)))
+    return -(med + _BLIND_MADS * mad)
+
+
+class BlindModeMixin:
+    """One switch for blind use (the scored set is the fitted set): ``exclude``.
+
+    ``exclude`` says which training entries a training patch may not match when the
+    fitted set is scored: None (one-class use: nothing), ``"self"`` (the patch
+    itself: a patch never counts as its own nearest neighbour) or, where the detector
+    offers it, ``"image"`` (every patch of its own image).
+    ``fit`` records ``exclude_`` and ``blind_`` (``exclude_ is not None``); in blind
+    mode ``contamination="auto"`` is the robust rule of :func:`blind_offset`
+    (:meth:`BaseDetector._offset_from`).
+
+    The earlier boolean ``exclude_self`` (PatchCore, SPADE) still works until skad 0.3
+    with a ``FutureWarning``: ``exclude_self=True`` is ``exclude="self"``.
+    """
+
+    @staticmethod
+    def _exclude_constraints(options=("self",), deprecated_exclude_self=False):
+        """``_parameter_constraints`` entries of ``exclude`` (values ``options`` or
+        None) and, for the detectors that had it, the deprecated ``exclude_self``."""
+        out = {"exclude": [StrOptions(set(options)), None]}
+        if deprecated_exclude_self:
+            out["exclude_self"] = ["boolean", Hidden(StrOptions({"deprecated"}))]
+        return out
+
+    def _fit_exclude(self):
+        """Resolve ``exclude`` (and the deprecated ``exclude_self``) into ``exclude_``."""
+        exclude = self.exclude
+        old = getattr(self, "exclude_self", "deprecated")
+        if not isinstance(old, str) or old != "deprecated":
+            warnings.warn(
+                "`exclude_self` was renamed `exclude` in skad 0.2 and will be removed in "
+                f"0.3: use exclude={'self' if old else None!r} instead of exclude_self={old!r}",
+                FutureWarning, stacklevel=4,
+            )
+            if exclude is not None:
+                raise ValueError(
+                    f"got exclude={exclude!r} and exclude_self={old!r}: give only "
+                    "`exclude` (exclude_self is deprecated)"
+                )
+            exclude = "self" if old else None
+        self.exclude_ = exclude
+        self.blind_ = exclude is not None
+        return exclude
+
+
 def _take(X, idx):
     """Rows ``idx`` of a validated input (ndarray or :class:`~skad.utils.ImageSet`)."""
     if isinstance(X, ImageSet):
@@ -103,7 +259,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     ``offset_`` from them: ``false_alarm_rate`` -> the split-conformal quantile
     (:func:`conformal_offset`); ``contamination="auto"`` -> the least normal
     calibration score (no calibration sample flagged: the conformal rule at
-    ``1 / (n_cal + 1)``); a float ``contamination`` -> that percentile.
+    ``1 / (n_cal + 1)``), or in blind mode (``blind_``, :class:`BlindModeMixin`: the
+    training set holds the anomalies) the robust rule of :func:`blind_offset`; a
+    float ``contamination`` -> that percentile.
     :meth:`pvalues` gives conformal p-values against the same scores.
 
     The public API: ``fit``, ``score_samples`` (higher = more normal),
@@ -156,8 +314,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     # 1. calibration scores: anomaly scores of normal samples the model did not fit
     #    (calibration_, see _calibration_mode);
     # 2. offset_ from them: false_alarm_rate -> split-conformal quantile; contamination
-    #    "auto" -> the least normal calibration score (no calibration sample flagged);
-    #    a float contamination -> that percentile of the calibration scores.
+    #    "auto" -> the least normal calibration score (no calibration sample flagged;
+    #    blind mode: blind_offset); a float contamination -> that percentile of the
+    #    calibration scores.
     def _score_images(self, X):
         return self._score(X)[0]
 
@@ -209,7 +368,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         for test in folds:
             train = np.setdiff1d(np.arange(n), test)
             est = clone(self)
-            est._fit(est._validate_input(_take(X, train), reset=True))
+            with warnings.catch_warnings():  # fit already warned about its clips
+                warnings.simplefilter("ignore", ClippedParameterWarning)
+                est._fit(est._validate_input(_take(X, train), reset=True))
             scores[test] = est._score_images(est._validate_input(_take(X, np.sort(test)),
                                                                  reset=False))
         return scores
@@ -242,6 +403,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 )
             return -threshold
         if self.contamination == "auto":
+            if getattr(self, "blind_", False):
+                # blind mode: the training set holds the anomalies (blind_offset)
+                return blind_offset(calibration_scores)
             # No calibration sample flagged: the least normal one sits on the boundary.
             # With unbiased calibration scores this is the conformal rule at
             # false_alarm_rate = 1 / (n + 1) (conformal_offset with k = n).

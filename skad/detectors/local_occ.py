@@ -7,13 +7,13 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import clone
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from ..utils._sklearn_compat import Interval, StrOptions
 
 from .._training import record_training, seeded, train_loop, training_constraints
 from ..utils._torch import cpu_state_dict
 from ..features import PatchFeatureExtractor
 from ..synthesis import DefectGenerator
-from ._base import BaseDetector, ImageDetectorMixin
+from ._base import BaseDetector, ImageDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["LocalOCC", "local_occ_loss"]
@@ -117,7 +117,9 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         Average pooling of ``F_Mixed`` (stride 4 at the finest layer) before ``N_M``;
         2 gives stride 8 (28 x 28 positions at 224 px). 1 keeps stride 4.
     n_components : int or None, default=128
-        Channels of the reduced features (the target space); ``None``: no reduction.
+        Channels of the reduced features (the target space); ``None``: no reduction;
+        clipped with a warning to the mixed features' channels (``n_components_``;
+        the rule: :func:`~skad.detectors.clip_to_data`).
     hidden : int, default=128
         Channels of ``N_M``'s hidden layers.
     residual : bool, default=True
@@ -167,6 +169,8 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     ----------
     extractor_ : PatchFeatureExtractor
         The fitted clone (frozen).
+    n_components_ : int
+        Channels of the target space used.
     projection_ : ndarray of float32, shape (n_components, C)
         ``P`` (orthonormal rows; the identity with ``n_components=None``).
     center_ : ndarray of float32, shape (n_components, h, w) or (n_components, 1, 1)
@@ -380,12 +384,8 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         feats = torch.cat(feats)
         n, c, h, w = feats.shape
         self.feature_shape_ = (h, w)
-        d = c if self.n_components is None else int(self.n_components)
-        if d > c:
-            raise ValueError(
-                f"n_components={d} exceeds the {c} channels of the mixed features; "
-                "use n_components <= C or None"
-            )
+        d = clip_to_data(self, "n_components", self.n_components, c,
+                         "channels of the mixed features")
         if self.n_components is None:
             proj = np.eye(c, dtype=np.float32)
         else:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import clone
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from ..utils._sklearn_compat import Interval, StrOptions
 from torch import nn
 
 from .._training import seeded, train_loop, training_constraints, warmup_cosine
@@ -17,7 +17,7 @@ from ..utils._torch import cpu_state_dict
 from ..features import PatchFeatureExtractor
 from ..synthesis import AnomalySynthesizer
 from ..utils.validation import ImageSet
-from ._base import BaseDetector, ImageDetectorMixin
+from ._base import BaseDetector, ImageDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["MEMSEG_LAYERS", "MemSeg"]
@@ -262,7 +262,9 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         detector's ``random_state``.
     n_memory : int or "auto", default="auto"
         Memory samples ``N``; ``"auto"``: ``min(30, n_train // 6)`` (at least 1): the
-        paper's 30, and 10 for a set as small as toothbrush's 60 images. Memory images
+        paper's 30, and 10 for a set as small as toothbrush's 60 images; an integer is
+        clipped with a warning to ``n_train - 1`` (``n_memory_``; the rule:
+        :func:`~skad.detectors.clip_to_data`). Memory images
         are not used as training images (the paper's Fig. 8 trade-off) while at least
         ``batch_size`` others remain.
     use_memory, use_multiscale, use_spatial_attention, use_coordinate_attention : bool, default=True
@@ -274,7 +276,9 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         ``lambda_l1`` and ``lambda_f`` of eq. 10 (Table 4: either may be 0).
     focal_gamma : float, default=4.0
     top_k : int, default=100
-        Pixels averaged into the image score.
+        Pixels averaged into the image score; images with fewer pixels average all of
+        them (the one size limit known only when scoring: images of any size are
+        accepted, so there is no fitted ``top_k_``).
     max_iter : int, default=500
         Optimisation steps (the paper: 2700).
     epochs : int or None, default=None
@@ -312,6 +316,8 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         The clone used in training.
     memory_ : list of 3 ndarray of float32, shape (N, C_n, h_n, w_n)
         The memory information MI.
+    n_memory_ : int
+        ``N`` used.
     memory_indices_ : ndarray of int64, shape (N,)
         Training images in the memory.
     trainable_parameters_ : list of str
@@ -525,7 +531,9 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
 
         # memory information MI: N normal images through the frozen stages
         n_mem = (max(1, min(30, n // 6)) if self.n_memory == "auto"
-                 else min(int(self.n_memory), n - 1))
+                 else clip_to_data(self, "n_memory", self.n_memory, n - 1,
+                                   "training images left besides one to train on"))
+        self.n_memory_ = n_mem
         self.memory_indices_ = np.sort(rng.choice(n, n_mem, replace=False)).astype(np.int64)
         body.eval()
         with torch.inference_mode():

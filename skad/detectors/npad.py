@@ -26,7 +26,7 @@ from .._kernels.spatial import (
 )
 from ..features.pooling import local_average_pool
 from ..utils._sklearn_compat import Interval, StrOptions
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["NPad"]
@@ -117,7 +117,9 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
     Parameters
     ----------
     n_channels : int or None, default=None
-        Channels kept by :func:`select_active_channels` (``d``); None keeps all.
+        Channels kept by :func:`select_active_channels` (``d``); None keeps all; a
+        value above the channel count is clipped to it with a warning
+        (``n_channels_``; the rule: :func:`~skad.detectors.clip_to_data`).
     channel_order : {"fewest_nonzero", "most_nonzero"}, default="fewest_nonzero"
         Which end of the non-zero-count ranking is kept.
     neighborhood_size : int, default=3
@@ -133,7 +135,8 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         Number of k-means centroids as a fraction of the nominal aggregated features
         ``n * h * w``.
     top_k : int, default=10
-        Number of map positions in the image score (capped at ``h * w``).
+        Number of map positions in the image score (clipped to ``h * w`` with a
+        warning: ``top_k_``).
     max_shift : int, default=4
         Largest test-time shift, in ``shift_step`` units; 0 disables module D.
     shift_step : float, default=0.125
@@ -146,8 +149,9 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         ``4 * max_shift + 1`` passes).
     modules : str or tuple of {"A", "B", "C"}, default=("A", "B", "C")
         Components to use (Table 3); "C" requires "A".
-    eps : float, default=0.01
-        Ridge ``eps * I`` added to every covariance.
+    eps : float > 0, default=0.01
+        Ridge ``eps * I`` added to every covariance (keeps it invertible, even for
+        one training image).
     kmeans_batch_size : int, default=4096
         Batch size of :class:`~sklearn.cluster.MiniBatchKMeans`.
     kmeans_max_iter : int, default=1
@@ -192,6 +196,10 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         Channels ``C`` of the training patch tensors.
     patch_shape_ : (int, int)
         ``(h, w)`` of the training maps; predict needs the same.
+    n_channels_ : int
+        ``d``, channels kept.
+    top_k_ : int
+        Map positions in the image score.
     channels_ : ndarray of shape (d,)
         Kept channels.
     weights_ : ndarray of float32, shape (h, w, s * s) or None
@@ -386,11 +394,8 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         modules = self._check_modules()
         self._fit_device()
         n, c, h, w = X.shape
-        if self.n_channels is not None and self.n_channels > c:
-            raise ValueError(
-                f"n_channels: expected at most the {c} channels of X; got {self.n_channels}"
-            )
-        d = c if self.n_channels is None else int(self.n_channels)
+        d = clip_to_data(self, "n_channels", self.n_channels, c, "channels of X")
+        clip_to_data(self, "top_k", self.top_k, h * w, "patch positions")
         self.channels_ = select_active_channels(X, d, self.channel_order)
         Xs = torch.from_numpy(np.ascontiguousarray(X[:, self.channels_]))
         self.modules_ = modules
@@ -539,7 +544,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
             pixel = torch.sqrt(map_a * map_b)  # eq. 11
         else:
             pixel = map_a if map_a is not None else map_b
-        k = min(int(self.top_k), h * w)
+        k = self.top_k_
         top, pos = torch.topk(pixel.reshape(n, -1), k, dim=1)  # M of eq. 12
         if agg is None:
             return top.mean(1), pixel

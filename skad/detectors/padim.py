@@ -9,7 +9,7 @@ from sklearn.utils import check_random_state
 
 from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
 from ..utils._sklearn_compat import Interval
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["PaDiM"]
@@ -27,10 +27,12 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
     ----------
     n_features : int or None, default=100
         Number of randomly selected channels (the paper: 100 for ResNet-18, 550 for
-        WideResNet-50). None, or a value at least the channel count, keeps all
-        channels (``channels_`` records the ones used).
-    eps : float >= 0, default=0.01
-        Ridge added to each covariance's diagonal (the paper's regularisation).
+        WideResNet-50). None keeps all channels; a value above the channel count is
+        clipped to it with a warning (``n_features_``; the rule:
+        :func:`~skad.detectors.clip_to_data`). ``channels_`` records the ones used.
+    eps : float > 0, default=0.01
+        Ridge added to each covariance's diagonal (the paper's regularisation); it
+        keeps every covariance invertible whatever the number of training images.
     shrinkage : float in [0, 1], default=0.0
         Extra shrinkage towards the scaled identity (not in the paper; helps with few
         training images).
@@ -64,6 +66,8 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     Attributes
     ----------
+    n_features_ : int
+        Channels used (``n_selected``).
     channels_ : ndarray of int64, shape (n_selected,)
     means_ : ndarray of float32, shape (h * w, n_selected)
     cholesky_ : ndarray of float32, shape (h * w, n_selected, n_selected)
@@ -112,7 +116,7 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,
         "n_features": [Interval(Integral, 1, None, closed="left"), None],
-        "eps": [Interval(Real, 0, None, closed="left")],
+        "eps": [Interval(Real, 0, None, closed="neither")],
         "shrinkage": [Interval(Real, 0, 1, closed="both")],
         **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
@@ -155,12 +159,11 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
                 f"PaDiM needs at least 2 training images to estimate covariances; got {n} "
                 "sample(s)"
             )
-        if self.n_features is None or self.n_features >= c:
+        d = clip_to_data(self, "n_features", self.n_features, c, "channels of X")
+        if d == c:
             self.channels_ = np.arange(c, dtype=np.int64)
         else:
-            self.channels_ = np.sort(rng.choice(c, self.n_features, replace=False)).astype(
-                np.int64
-            )
+            self.channels_ = np.sort(rng.choice(c, d, replace=False)).astype(np.int64)
         dev = self._fit_device()
         self.means_, cov = fit_gaussians(
             self._positions(X), shrinkage=self.shrinkage, eps=self.eps, device=dev

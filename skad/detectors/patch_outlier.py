@@ -13,7 +13,7 @@ from sklearn.utils import check_random_state
 from .._kernels import patch_rows
 from .._kernels.knn import knn_search
 from ..utils._sklearn_compat import HasMethods, Interval, StrOptions
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 from .patchcluster import _sample_digests
 
@@ -123,8 +123,9 @@ None, default=None
         How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
         is None: "auto" puts it at the least normal calibration sample (none flagged;
         with unbiased calibration scores, new normal samples are flagged with
-        probability at most ``1 / (n_cal + 1)``); a float flags that fraction of the
-        calibration samples.
+        probability at most ``1 / (n_cal + 1)``); in the blind mode (``blind_``) the
+        robust rule of :func:`~skad.detectors.blind_offset`; a float flags that
+        fraction of the calibration samples.
     calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
         The normal samples whose scores set ``offset_`` (``calibration_``,
         ``calibration_scores_``): "in_sample" the training samples (biased for a novelty
@@ -163,6 +164,9 @@ None, default=None
     patch_shape_ : tuple of int
     train_maps_ : ndarray of float32, shape (n_samples, h, w)
         Blind mode only: each training patch's local outlier factor.
+    train_anomaly_ : ndarray of float32, shape (n_samples,)
+        Blind mode only: the training images' anomaly scores (``image_score`` of
+        ``train_maps_``).
     offset_ : float
     train_scores_ : ndarray of shape (n_samples,)
 
@@ -287,8 +291,9 @@ None, default=None
             )
         est = clone(self.estimator)
         if _is_euclidean(est):
-            # As scikit-learn, more neighbours than other patches means all of them.
-            k = min(int(est.n_neighbors), m - 1)
+            # as scikit-learn's LOF: clipped to the other patches, with a warning
+            k = clip_to_data(est, "n_neighbors", est.n_neighbors, m - 1,
+                             "other patches of X")
             graph = self_excluded_knn_graph(rows, k, device=self.device_)
             est.set_params(metric="precomputed", p=2, metric_params=None)
             est.fit(graph)
@@ -298,7 +303,7 @@ None, default=None
         self.n_patches_fit_ = m
         n, _, h, w = X.shape
         self.train_maps_ = (-est.negative_outlier_factor_).astype(np.float32).reshape(n, h, w)
-        self._train_anomaly = self._reduce(self.train_maps_)
+        self.train_anomaly_ = self._reduce(self.train_maps_)
         digests = _sample_digests(X)
         first = {}
         for i, d in enumerate(digests):
@@ -316,7 +321,7 @@ None, default=None
 
     def _offset_scores(self, X):
         if self.blind_:
-            return self._train_anomaly
+            return self.train_anomaly_
         return super()._offset_scores(X)
 
     def _score(self, X):
@@ -338,4 +343,4 @@ None, default=None
                 "fit_predict(X)). To score new images, fit with "
                 "LocalOutlierFactor(novelty=True)"
             )
-        return self._train_anomaly[known], self.train_maps_[known]
+        return self.train_anomaly_[known], self.train_maps_[known]

@@ -20,7 +20,7 @@ from .._kernels.knn import same_group_counts
 from .._kernels.reweight import reweight_factor
 from ..utils import seed_from
 from ..utils._sklearn_compat import Interval, StrOptions
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, BlindModeMixin, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["PatchCluster", "default_n_neighbors"]
@@ -64,7 +64,7 @@ def _sample_digests(X):
     return out
 
 
-class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
+class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     """Blind anomaly detection by the mean distance to K nearest patch features.
 
     Implements PatchCluster [1]_: the memory bank holds the patch features of the set
@@ -81,18 +81,21 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
     n_neighbors : int or None, default=None
         K in eq. 2. None uses the paper's values: 100 for the full bank, 5 / 10 / 25
         for coresets of 1 / 10 / 25 %, and ``max(5, round(100 * coreset_ratio))`` for
-        other ratios (see :func:`default_n_neighbors`), capped at the number of bank
-        entries a training patch may match (small data sets). An explicit K larger than
-        that raises a ``ValueError``.
+        other ratios (see :func:`default_n_neighbors`). K (given or default) is
+        clipped with a warning to the number of bank entries a training patch may match
+        (small data sets; ``n_neighbors_``, the rule:
+        :func:`~skad.detectors.clip_to_data`).
     coreset_ratio : float in (0, 1] or None, default=None
         Fraction of the patches kept in the memory bank by greedy coreset selection
         (PatchCore's k-center greedy). None or 1.0 keeps the full bank.
     exclude : {"self", "image"} or None, default="self"
-        Which bank entries a training patch may not match when the training set is
-        scored: ``"self"`` the patch itself (the paper's "start from the 2nd
-        neighbour"), ``"image"`` every patch of its own image (as the paper's SPADE
-        baseline excludes the image itself), None nothing (the patch matches itself at
-        distance 0: PatchCore's failure in the blind setting, for ablations only).
+        The blind-mode switch (:class:`~skad.detectors.BlindModeMixin`): which bank
+        entries a training patch may not match when the training set is scored:
+        ``"self"`` the patch itself (the paper's "start from the 2nd neighbour"),
+        ``"image"`` every patch of its own image (as the paper's SPADE baseline
+        excludes the image itself), None nothing (the patch matches itself at
+        distance 0: PatchCore's failure in the blind setting, for ablations only; not
+        blind, so ``contamination="auto"`` is then the one-class rule).
     reweight : {"nearest", "mean"} or None, default="nearest"
         Image score (eq. 3). With ``a*`` the maximum patch score of the image, ``f_i*``
         that patch, ``f*`` its nearest bank entry and ``N(f*)`` the
@@ -152,6 +155,16 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         The search over ``memory_bank_``.
     n_neighbors_ : int
         K actually used.
+    n_reweight_neighbors_ : int
+        ``|N(f*)|`` actually used (clipped like K).
+    bank_image_ids_ : ndarray of int64, shape (n_bank,)
+        Training image of each bank entry.
+    exclude_ : {"self", "image"} or None
+        The exclusion used.
+    blind_ : bool
+        ``exclude_ is not None``.
+    train_anomaly_ : ndarray of float64, shape (n_samples,)
+        Image anomaly scores (eq. 3) of the training set, with the exclusion.
     nn_method_ : {"exact", "cells", "ivf", "nndescent"}
         Nearest-neighbour search used.
     device_ : torch.device
@@ -216,12 +229,13 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
     (nor, with ``exclude="image"``, its image's patches). Sums of exponentials are
     computed as log-sum-exp (no overflow).
 
-    **Threshold.** Other skad detectors read ``contamination="auto"`` as "no false
-    alarm on the training set", which assumes a clean (one-class) training set and
-    would flag nothing in ``fit_predict``. The training set of a blind detector holds
-    the anomalies to find, so "auto" is a robust z-score rule instead (median + 3
-    scaled MADs of the training image scores; 3 as in the usual robust outlier rule);
-    ``set_threshold(X_normal, false_alarm_rate)`` still sets it from held-out normals.
+    **Threshold.** In one-class use ``contamination="auto"`` means "no false alarm on
+    the training set", which assumes a clean training set and would flag nothing in
+    ``fit_predict``. The training set of a blind detector holds the anomalies to find,
+    so in blind mode (every skad detector with ``exclude`` set) "auto" is a robust
+    z-score rule instead (:func:`~skad.detectors.blind_offset`: median + 3 scaled MADs
+    of the training image scores); ``set_threshold(X_normal, false_alarm_rate)`` still
+    sets it from held-out normals.
 
     **Other choices.** Distances are Euclidean on the features as given (the paper's
     WideResNet-50 layers 2+3 with 3x3 pooling live in the feature extractor). The
@@ -255,7 +269,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         **BaseDetector._parameter_constraints,
         "n_neighbors": [Interval(Integral, 1, None, closed="left"), None],
         "coreset_ratio": [Interval(Real, 0, 1, closed="right"), None],
-        "exclude": [StrOptions({"self", "image"}), None],
+        **BlindModeMixin._exclude_constraints(options=("self", "image")),
         "reweight": [StrOptions({"mean", "nearest"}), None],
         "n_reweight_neighbors": [Interval(Integral, 1, None, closed="left")],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
@@ -299,6 +313,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
     def _fit(self, X):
         rng = check_random_state(self.random_state)
         device = self._fit_device()
+        exclude = self._fit_exclude()
         n, _, h, w = X.shape
         hw = h * w
         patches = patch_rows(X)
@@ -319,6 +334,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         else:
             selected = np.arange(n_patches, dtype=np.int64)
         self.coreset_indices_ = selected
+        self.bank_image_ids_ = selected // hw
         self.memory_bank_ = patches[selected]
         self.index_ = build_index(
             self.memory_bank_,
@@ -330,37 +346,28 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.nn_method_ = self.index_.method_
 
         # Exclusion groups (the search never returns a bank entry of the query's group).
-        if self.exclude == "self":
-            self._bank_groups = selected
+        query_groups = None
+        if exclude == "self":
             query_groups = np.arange(n_patches, dtype=np.int64)
-        elif self.exclude == "image":
-            self._bank_groups = selected // hw
+        elif exclude == "image":
             query_groups = np.arange(n_patches, dtype=np.int64) // hw
-        else:
-            self._bank_groups = None
-            query_groups = None
         max_excluded = 0 if query_groups is None else int(
-            same_group_counts(query_groups, self._bank_groups).max())
+            same_group_counts(query_groups, self._bank_groups()).max())
         n_bank = selected.shape[0]
         n_eligible = n_bank - max_excluded
         if n_eligible < 1:
             raise ValueError(
                 f"{type(self).__name__} needs at least one bank entry a training patch "
                 f"may match; got {n_bank} bank patch(es) from {n} sample(s) with "
-                f"exclude={self.exclude!r}: fit on more than 1 sample"
+                f"exclude={exclude!r}: fit on more than 1 sample"
             )
-        if self.n_neighbors is None:
-            self.n_neighbors_ = min(default_n_neighbors(self.coreset_ratio), n_eligible)
-        elif self.n_neighbors > n_eligible:
-            raise ValueError(
-                f"n_neighbors={self.n_neighbors} exceeds the {n_eligible} bank entries a "
-                f"training patch may match (bank of {n_bank} patches, up to "
-                f"{max_excluded} excluded by exclude={self.exclude!r}); use "
-                f"n_neighbors <= {n_eligible}, a larger coreset_ratio or more samples"
-            )
-        else:
-            self.n_neighbors_ = int(self.n_neighbors)
-        self._n_reweight = min(int(self.n_reweight_neighbors), n_eligible)
+        what = (f"bank entries a training patch may match (bank of {n_bank}, up to "
+                f"{max_excluded} excluded by exclude={exclude!r})")
+        k = (default_n_neighbors(self.coreset_ratio) if self.n_neighbors is None
+             else self.n_neighbors)
+        clip_to_data(self, "n_neighbors", k, n_eligible, what)
+        clip_to_data(self, "n_reweight_neighbors", self.n_reweight_neighbors, n_eligible,
+                     what)
 
         anomaly, maps = self._score_patches(patches, n, (h, w), query_groups)
         digests = _sample_digests(X)
@@ -369,33 +376,45 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
             first.setdefault(d, i)
         # Identical training samples share their first copy's result (Notes).
         src = np.array([first[d] for d in digests], dtype=np.int64)
-        self._train_anomaly = anomaly[src]
+        self.train_anomaly_ = anomaly[src]
         self.train_maps_ = maps[src]
         self._train_digests = first
         return self
+
+    def _bank_groups(self):
+        """Exclusion group of each bank entry (the query's group is never matched)."""
+        if self.exclude_ == "self":
+            return self.coreset_indices_
+        if self.exclude_ == "image":
+            return self.bank_image_ids_
+        return None
+
+    def __setstate__(self, state):
+        # models pickled before the attributes were renamed (skad 0.1)
+        state = dict(state)
+        if "_n_reweight" in state:
+            state["n_reweight_neighbors_"] = state.pop("_n_reweight")
+        if "_train_anomaly" in state:
+            state["train_anomaly_"] = state.pop("_train_anomaly")
+        if "_bank_groups" in state:
+            state.pop("_bank_groups")
+            state["exclude_"] = state["exclude"]
+            state["blind_"] = state["exclude"] is not None
+            hw = int(np.prod(state["patch_shape_"]))
+            state["bank_image_ids_"] = state["coreset_indices_"] // hw
+        super().__setstate__(state)
 
     def _default_calibration(self):
         return "in_sample"  # blind: the training set is the set scored
 
     def _offset_scores(self, X):
-        return self._train_anomaly
-
-    def _set_offset(self, X):
-        super()._set_offset(X)
-        if self.contamination == "auto" and self.false_alarm_rate is None:
-            # The training set is not clean in the blind setting, so "auto" flags the
-            # training samples whose anomaly score is a robust outlier: more than 3
-            # scaled median absolute deviations above the median (Notes).
-            anomaly = -self.train_scores_
-            med = float(np.median(anomaly))
-            mad = 1.4826 * float(np.median(np.abs(anomaly - med)))
-            self.offset_ = -(med + 3.0 * mad)
+        return self.train_anomaly_
 
     # -- scoring -------------------------------------------------------------
     def _score_patches(self, patches, n_images, shape, query_groups):
         """Image anomaly (n,) and patch maps (n, h, w) of flattened query patches."""
         hw = shape[0] * shape[1]
-        bank_groups = self._bank_groups if query_groups is not None else None
+        bank_groups = self._bank_groups() if query_groups is not None else None
         k = self.n_neighbors_
         maps = np.empty(n_images * hw, dtype=np.float32)
         nearest = np.empty(n_images * hw, dtype=np.int64)
@@ -436,9 +455,9 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         bank = self.memory_bank_
         _, nb_idx = self.index_.query(
             bank[f_star_idx],
-            self._n_reweight,
+            self.n_reweight_neighbors_,
             query_groups=groups,  # N(f*) never holds the scored patch itself
-            bank_groups=None if groups is None else self._bank_groups,
+            bank_groups=None if groups is None else self._bank_groups(),
         )
         diff = bank[nb_idx].astype(np.float64) - f_i_star[:, None, :].astype(np.float64)
         d = np.sqrt(np.einsum("nbc,nbc->nb", diff, diff))  # dist(f_i*, f), f in N(f*)
@@ -453,7 +472,7 @@ class PatchCluster(DeviceMixin, PatchDetectorMixin, BaseDetector):
         is_known = known >= 0
         if is_known.any():
             # Training samples: their blind scores, computed in fit with the exclusion.
-            anomaly[is_known] = self._train_anomaly[known[is_known]]
+            anomaly[is_known] = self.train_anomaly_[known[is_known]]
             maps[is_known] = self.train_maps_[known[is_known]]
         new = np.flatnonzero(~is_known)
         if new.size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -13,7 +14,13 @@ from .._kernels.coreset import greedy_coreset
 from .._kernels.refine import bank_products, exact_knn
 from .._kernels.reweight import reweighted_image_scores
 from ..utils._sklearn_compat import Interval, StrOptions
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import (
+    BaseDetector,
+    BlindModeMixin,
+    ClippedParameterWarning,
+    PatchDetectorMixin,
+    clip_to_data,
+)
 from ._device import DeviceMixin
 
 __all__ = ["PatchCore"]
@@ -22,7 +29,7 @@ __all__ = ["PatchCore"]
 PATCHCORE_APPROX_THRESHOLD = 10_000
 
 
-class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
+class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     """PatchCore (Roth et al. 2021): distance of each patch to a coreset memory bank.
 
     Every training patch goes into a memory bank, which a greedy k-center coreset
@@ -36,12 +43,18 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
     coreset_ratio : float in (0, 1], default=0.1
         Fraction of training patches kept (1.0: the full bank).
     n_neighbors : int, default=9
-        ``b``, the neighbourhood of the reweighting (eq. 7).
+        ``b``, the neighbourhood of the reweighting (eq. 7); clipped to the bank size
+        with a warning (``n_neighbors_``; the rule: :func:`~skad.detectors.clip_to_data`).
     projection_dim : int or None, default=128
         Random-projection dimension for the coreset selection (None: none).
-    exclude_self : bool, default=False
-        Blind use (``fit(X)`` then score the same ``X``): a patch's distance is to its
-        *second* nearest bank patch, so a patch kept in the bank does not match itself.
+    exclude : {"self"} or None, default=None
+        Blind use (``fit(X)`` then score the same ``X``; :class:`BlindModeMixin`):
+        ``"self"``: a patch's distance is to its *second* nearest bank patch, so a patch
+        kept in the bank does not match itself, and ``contamination="auto"`` is the
+        blind rule (:func:`~skad.detectors.blind_offset`).
+    exclude_self : bool
+        Deprecated (FutureWarning; removed in 0.3): ``exclude_self=True`` is
+        ``exclude="self"``.
     nn_method : {"auto", "exact", "cells", "ivf", "nndescent"}, default="auto"
         Nearest-neighbour search: "exact" (chunked brute force), "cells" (each
         query ranked by matrix products against the candidate list of its nearest
@@ -86,11 +99,20 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
     Attributes
     ----------
     memory_bank_ : ndarray of float32, shape (n_bank, n_features_in_)
+        ``n_bank = max(int(coreset_ratio * n * h * w), h * w + 1)`` rows (at most all
+        of them): one image's patches plus one, so that every training image has a
+        bank row of another image (a ``UserWarning`` says when the floor applies).
+    n_neighbors_ : int
+        ``b`` used: ``min(n_neighbors, n_bank)``.
     bank_image_ids_ : ndarray of int64, shape (n_bank,)
         Training image of each bank patch.
     coreset_indices_ : ndarray of int64, shape (n_bank,)
         Rows of the full bank (image-major, then row-major position) that were kept.
     nn_method_ : {"exact", "cells", "ivf", "nndescent"}
+    exclude_ : {"self"} or None
+        The exclusion used (``exclude``, or the deprecated ``exclude_self``).
+    blind_ : bool
+        ``exclude_ is not None``.
     index_ : :class:`~skad._kernels.ann.NeighborIndex`
         The search over ``memory_bank_``.
     device_ : torch.device
@@ -108,12 +130,14 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
       would score almost 0 against its own patches. Consequently
       ``score_samples(X_train)`` (no exclusion) is higher than ``train_scores_``
       and scikit-learn's ``check_outliers_train`` (which expects predictions on
-      the training set to follow ``contamination``) does not hold.
+      the training set to follow ``contamination``) does not hold. In blind mode
+      (``exclude="self"``) the fitted set is the scored set, so its training scores
+      are its blind scores (``score_samples(X_train)``) and that check holds.
     - The coreset projection is Gaussian, to ``projection_dim`` dimensions as the
       paper (anomalib's sparse projection sized by the JL bound raises 152 channels
       to about 296). The first center is random (Algorithm 1 leaves it open).
     - ``N_b(m*)`` includes ``m*`` itself (the reference implementation's reading of
-      eq. 7); ``b`` is clipped to the bank size.
+      eq. 7).
     - Memory: the full bank ``4 * n * h * w * C`` bytes during fit (209 bottle images
       x 784 patches x 152 channels: 100 MB), ``coreset_ratio`` of it afterwards.
     - Search: the paper searches exactly (faiss flat). Here banks of at least
@@ -154,7 +178,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
-        "exclude_self": ["boolean"],
+        **BlindModeMixin._exclude_constraints(deprecated_exclude_self=True),
         "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
         "approx_threshold": [Interval(Integral, 1, None, closed="left")],
         "n_probe": [Interval(Integral, 1, None, closed="left")],
@@ -168,7 +192,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         coreset_ratio=0.1,
         n_neighbors=9,
         projection_dim=128,
-        exclude_self=False,
+        exclude=None,
         nn_method="auto",
         approx_threshold=PATCHCORE_APPROX_THRESHOLD,
         n_probe=8,
@@ -178,10 +202,12 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         sigma=4.0,
         device="auto",
         random_state=None,
+        exclude_self="deprecated",
     ):
         self.coreset_ratio = coreset_ratio
         self.n_neighbors = n_neighbors
         self.projection_dim = projection_dim
+        self.exclude = exclude
         self.exclude_self = exclude_self
         self.nn_method = nn_method
         self.approx_threshold = approx_threshold
@@ -196,6 +222,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
     def _fit(self, X):
         rng = check_random_state(self.random_state)
         device = self._fit_device()
+        self._fit_exclude()
         n, _, h, w = X.shape
         if n < 2:
             raise ValueError(
@@ -205,6 +232,17 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         rows = patch_rows(X)
         image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
         n_select = max(1, int(self.coreset_ratio * len(rows)))
+        # The leave-one-image-out training scores need a bank row of another image for
+        # every training image: one image's patches plus one row guarantee that.
+        n_min = min(h * w + 1, len(rows))
+        if n_select < n_min:
+            warnings.warn(
+                f"coreset_ratio={self.coreset_ratio} keeps {n_select} of {len(rows)} patch "
+                f"rows; PatchCore keeps {n_min} (one image's {h * w} patches plus one) so "
+                "that every training image has a bank row of another image",
+                ClippedParameterWarning, stacklevel=3,
+            )
+            n_select = n_min
         if n_select < len(rows):
             idx = greedy_coreset(
                 rows, n_select, projection_dim=self.projection_dim, random_state=rng,
@@ -216,6 +254,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self._products_cache = None
         self.memory_bank_ = rows[idx]
         self.bank_image_ids_ = image_ids[idx]
+        clip_to_data(self, "n_neighbors", self.n_neighbors, len(idx), "bank rows")
         method = self.nn_method
         if method == "auto":
             approx = len(idx) >= self.approx_threshold and device.type == "cpu"
@@ -237,7 +276,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         again after unpickling, where it is not stored)."""
         if getattr(self, "_products_cache", None) is None:
             p = bank_products(self.memory_bank_)
-            p["b"] = int(min(self.n_neighbors, len(self.memory_bank_)))
+            p["b"] = self.n_neighbors_
             p["upper"] = self.index_.query(self.memory_bank_, p["b"])[0][:, -1]
             self._products_cache = p
         return self._products_cache
@@ -259,6 +298,17 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         state.pop("_products_cache", None)
         return state
 
+    def __setstate__(self, state):
+        # models pickled before the clip-or-raise rule: b was clipped at scoring time
+        if "memory_bank_" in state and "n_neighbors_" not in state:
+            state["n_neighbors_"] = int(min(state["n_neighbors"], len(state["memory_bank_"])))
+        if "exclude" not in state:  # pickled before `exclude` replaced `exclude_self`
+            state["exclude"] = None
+        if "memory_bank_" in state and "exclude_" not in state:
+            state["exclude_"] = "self" if state.get("exclude_self") is True else None
+            state["blind_"] = state["exclude_"] is not None
+        super().__setstate__(state)
+
     def _nearest(self, rows, image_ids, exclude_own_image, search):
         """Nearest bank row of each patch row (distance, index), per the exclusions.
 
@@ -267,7 +317,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         """
         if exclude_own_image:
             dist, nn = search(rows, 1, (image_ids, self.bank_image_ids_))
-        elif self.exclude_self:  # the second nearest row
+        elif self.exclude_ == "self":  # the second nearest row
             dist, nn = search(rows, 2, None)
             dist, nn = dist[:, 1:], nn[:, 1:]
         else:
@@ -325,7 +375,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
                 done[r, p] = True
                 per *= 2
         image = reweighted_image_scores(
-            scores, rows.reshape(n, hw, c), nn, self.memory_bank_, self.n_neighbors,
+            scores, rows.reshape(n, hw, c), nn, self.memory_bank_, self.n_neighbors_,
             device=self.device_,
             neighbors=self._bank_neighbors if approx else None,
         )
@@ -341,4 +391,6 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         return "in_sample"  # _offset_scores leave each training image out
 
     def _offset_scores(self, X):
+        if self.blind_:  # the fitted set is the scored set: its blind scores
+            return self._score_images(X)
         return self._patch_scores(X, exclude_own_image=True, maps=False)[0]

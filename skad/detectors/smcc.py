@@ -15,7 +15,7 @@ from .._kernels.ann import build_index
 from .._kernels.gmm import sensitivity_coreset, weighted_gmm
 from .._training import record_training, train_loop, training_constraints
 from ..features import PatchFeatureExtractor
-from ._base import BaseDetector, ImageDetectorMixin
+from ._base import BaseDetector, ImageDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["SMCC"]
@@ -90,7 +90,9 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     solver : {"adam", "adamw", "sgd"}, default="adam"
         The paper: Adam, lr 1e-3, weight decay 5e-4.
     n_neighbors : int, default=3
-        ``K`` of eq. 8 (the paper does not give it).
+        ``K`` of eq. 8 (the paper does not give it); clipped with a warning to the
+        memory patches a training patch may match (``n_neighbors_``; the rule:
+        :func:`~skad.detectors.clip_to_data`).
     nn_method : {"auto", "exact", "cells", "ivf", "nndescent"}, default="auto"
         Search of the memory and of the center set (see
         :func:`skad._kernels.ann.build_index`); ``"auto"``: ``"cells"`` from 10,000
@@ -135,6 +137,8 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         The memory bank (rows of the memory images' patch maps).
     memory_image_indices_ : ndarray of int64
         Training images whose patches are in ``memory_``.
+    n_neighbors_ : int
+        ``K`` used.
     loss_history_ : list of float
         Mean training loss of each epoch.
     n_iter_ : int
@@ -343,11 +347,11 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         train_feats = ext.transform(X)
         self.feature_shape_ = train_feats.shape[2:]
         self.memory_ = patch_rows(train_feats[self.memory_image_indices_])
-        if self.n_neighbors > len(self.memory_):
-            raise ValueError(
-                f"n_neighbors={self.n_neighbors} exceeds the {len(self.memory_)} memory "
-                "patches; lower n_neighbors or raise memory_size"
-            )
+        # the training scores leave a memory image's own patches out (_offset_scores)
+        hw = int(np.prod(self.feature_shape_))
+        clip_to_data(self, "n_neighbors", self.n_neighbors,
+                     len(self.memory_) - (hw if size >= 2 else 0),
+                     "memory patches of the other memory images")
         self.index_ = build_index(self.memory_, method=self._search_method(len(self.memory_)),
                                   random_state=rng, device=self.device_)
         self.nn_method_ = self.index_.method_
@@ -413,6 +417,11 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         finally:  # the training features kept by _fit are never part of the model
             self.__dict__.pop("_train_feats", None)
 
+    def __setstate__(self, state):
+        if "memory_" in state and "n_neighbors_" not in state:  # before n_neighbors_
+            state = dict(state, n_neighbors_=state["n_neighbors"])
+        super().__setstate__(state)
+
     def _offset_scores(self, X):
         feats = self.__dict__.pop("_train_feats", None)
         if feats is None or len(feats) != len(X):
@@ -420,11 +429,11 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         n, _, h, w = feats.shape
         rows = patch_rows(feats)
         if len(self.memory_image_indices_) < 2:
-            dist, _ = self.index_.query(rows, self.n_neighbors)
+            dist, _ = self.index_.query(rows, self.n_neighbors_)
         else:
             # a memory image's patches are scored without its own patches
             dist, _ = self.index_.query(
-                rows, self.n_neighbors, query_groups=np.repeat(np.arange(n), h * w),
+                rows, self.n_neighbors_, query_groups=np.repeat(np.arange(n), h * w),
                 bank_groups=np.repeat(self.memory_image_indices_, h * w))
         maps = dist.mean(axis=1).reshape(n, h, w)
         return maps.reshape(n, -1).max(axis=1)
@@ -433,6 +442,6 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     def _score(self, X):
         feats = self.extractor_.transform(X)
         n, _, h, w = feats.shape
-        dist, _ = self.index_.query(patch_rows(feats), self.n_neighbors)
+        dist, _ = self.index_.query(patch_rows(feats), self.n_neighbors_)
         maps = dist.mean(axis=1).reshape(n, h, w)  # S_c, eq. 8
         return maps.reshape(n, -1).max(axis=1), maps

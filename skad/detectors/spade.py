@@ -9,13 +9,13 @@ import numpy as np
 from .._kernels import patch_rows
 from .._kernels.knn import knn_search
 from ..utils._sklearn_compat import Interval
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, BlindModeMixin, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["SPADE"]
 
 
-class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
+class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     """SPADE (Cohen & Hoshen 2020): semantic pyramid anomaly detection.
 
     Image level: the image's globally pooled feature (spatial mean of its patch
@@ -27,13 +27,20 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
     Parameters
     ----------
     n_neighbors : int, default=50
-        ``K``, nearest training images (the paper: 50); clipped to the number of
-        training images available (``n_neighbors_``).
+        ``K``, nearest training images (the paper: 50); clipped with a warning to the
+        ``n_train - 1`` other training images (``n_neighbors_``; the rule:
+        :func:`~skad.detectors.clip_to_data`).
     n_pixel_neighbors : int, default=1
-        ``kappa``, nearest gallery patches per test patch (the paper: 1).
-    exclude_self : bool, default=False
-        Blind use (score the fitted set): skip each image's nearest training image
-        (itself) at both levels.
+        ``kappa``, nearest gallery patches per test patch (the paper: 1); clipped to
+        the ``K * h * w`` gallery patches (``n_pixel_neighbors_``).
+    exclude : {"self"} or None, default=None
+        Blind use (score the fitted set; :class:`BlindModeMixin`): ``"self"`` skips
+        each image's nearest training image (itself) at both levels, and
+        ``contamination="auto"`` is the blind rule
+        (:func:`~skad.detectors.blind_offset`).
+    exclude_self : bool
+        Deprecated (FutureWarning; removed in 0.3): ``exclude_self=True`` is
+        ``exclude="self"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
         is None: "auto" puts it at the least normal calibration sample (none flagged;
@@ -67,6 +74,12 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
         Images used at the image level: ``min(n_neighbors, n_train - 1)`` so that the
         training scores (each image against the *other* training images) and test
         scores use the same ``K``.
+    n_pixel_neighbors_ : int
+        ``kappa`` used.
+    exclude_ : {"self"} or None
+        The exclusion used (``exclude``, or the deprecated ``exclude_self``).
+    blind_ : bool
+        ``exclude_ is not None``.
     device_ : torch.device
         The device fit resolved ``device`` to; scoring runs there (the CPU after
         unpickling on a machine without CUDA).
@@ -84,7 +97,8 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
     - Memory: all training patches, ``4 * n_train * C * h * w`` bytes (209 bottle
       images x 152 x 28 x 28: 100 MB); the pixel search per test image is
       ``K * h * w`` gallery rows.
-    - Training scores for ``offset_`` exclude each image from its own neighbours.
+    - Training scores for ``offset_`` exclude each image from its own neighbours (in
+      blind mode: the blind scores of the fitted set, which skip its nearest image).
       Like every memory-bank method, ``score_samples(X_train)`` is therefore higher
       than ``train_scores_`` and scikit-learn's ``check_outliers_train`` does not
       hold.
@@ -112,7 +126,7 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
         **BaseDetector._parameter_constraints,
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "n_pixel_neighbors": [Interval(Integral, 1, None, closed="left")],
-        "exclude_self": ["boolean"],
+        **BlindModeMixin._exclude_constraints(deprecated_exclude_self=True),
         **DeviceMixin._device_constraint,
     }
 
@@ -121,15 +135,17 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
         *,
         n_neighbors=50,
         n_pixel_neighbors=1,
-        exclude_self=False,
+        exclude=None,
         contamination="auto",
         calibration="auto",
         false_alarm_rate=None,
         sigma=4.0,
         device="auto",
+        exclude_self="deprecated",
     ):
         self.n_neighbors = n_neighbors
         self.n_pixel_neighbors = n_pixel_neighbors
+        self.exclude = exclude
         self.exclude_self = exclude_self
         self.contamination = contamination
         self.calibration = calibration
@@ -145,10 +161,24 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
                 f"image with the others); got {n} sample(s)"
             )
         self._fit_device()
+        self._fit_exclude()
         self.train_patches_ = np.ascontiguousarray(X, dtype=np.float32)
         self.train_pooled_ = self.train_patches_.mean(axis=(2, 3))
-        self.n_neighbors_ = int(min(self.n_neighbors, n - 1))
+        # the training scores compare each image with the n - 1 others
+        K = clip_to_data(self, "n_neighbors", self.n_neighbors, n - 1,
+                         "other training images")
+        clip_to_data(self, "n_pixel_neighbors", self.n_pixel_neighbors,
+                     K * X.shape[2] * X.shape[3], "patches of the K nearest training images")
         return self
+
+    def __setstate__(self, state):
+        if "exclude" not in state:  # pickled before `exclude` replaced `exclude_self`
+            state = dict(state, exclude=None)
+            if "train_patches_" in state:
+                state["exclude_"] = "self" if state.get("exclude_self") is True else None
+                state["blind_"] = state["exclude_"] is not None
+                state["n_pixel_neighbors_"] = state["n_pixel_neighbors"]
+        super().__setstate__(state)
 
     def _image_level(self, X, exclude_own):
         """Image scores and the K nearest training images of each image."""
@@ -161,7 +191,7 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
             ids = np.arange(n, dtype=np.int64)
             dist, nbr = knn_search(pooled, self.train_pooled_, K, query_groups=ids,
                                    bank_groups=np.arange(n_train, dtype=np.int64), device=dev)
-        elif self.exclude_self:
+        elif self.exclude_ == "self":
             dist, nbr = knn_search(pooled, self.train_pooled_, K + 1, device=dev)
             dist, nbr = dist[:, 1:], nbr[:, 1:]
         else:
@@ -171,15 +201,8 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
     def _spade_scores(self, X):
         n, c, h, w = X.shape
         dev = self.device_
-        K = self.n_neighbors_
         image, nbr = self._image_level(X, exclude_own=False)
-        th, tw = self.train_patches_.shape[2:]
-        kappa = self.n_pixel_neighbors
-        if kappa > K * th * tw:
-            raise ValueError(
-                f"n_pixel_neighbors={kappa} exceeds the {K * th * tw} patches of the "
-                f"{K} nearest training images"
-            )
+        kappa = self.n_pixel_neighbors_
         rows = patch_rows(X).reshape(n, h * w, c)
         maps = np.empty((n, h * w), dtype=np.float32)
         for i in range(n):  # one gallery (the K nearest images' patches) per test image
@@ -195,5 +218,6 @@ class SPADE(DeviceMixin, PatchDetectorMixin, BaseDetector):
         return "in_sample"  # _offset_scores leave each training image out
 
     def _offset_scores(self, X):
-        # image level only: the offset needs no pixel maps
-        return self._image_level(X, exclude_own=True)[0]
+        # image level only: the offset needs no pixel maps; in blind mode the fitted set
+        # is the scored set (its blind scores), else leave-one-image-out
+        return self._image_level(X, exclude_own=not self.blind_)[0]

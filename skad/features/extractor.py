@@ -100,7 +100,8 @@ def _full_float32(device):
 
     cuDNN convolutions may run in TF32 (PyTorch's default on Ampere and later GPUs:
     10-bit mantissas); features then differed from the CPU's by up to 1e-2 (1e-3 of
-    their scale) and changed with the batch size (measured on an H200).
+    their scale) and changed with the batch size (measured on an H200 with torch 2.14.1,
+    November 2026: ``benchmarks/results/gpu_check.md``).
     """
     if device.type != "cuda":
         yield
@@ -152,9 +153,8 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         Whether the zero padding counts in the border averages of the pooling
         (``True``: PatchCore's reference code, which averages zero-padded unfolded
         neighbourhoods; ``False``: borders average their in-map neighbours only).
-        Chosen by benchmark: PatchCore 1 % on bottle, pixel AUROC / PRO 0.9838 /
-        0.922 with ``True`` vs 0.9824 / 0.912 with ``False``
-        (``benchmarks/results/bottle_baselines.md``).
+        Chosen by the bottle benchmark (PatchCore 1 %: pixel AUROC and PRO both
+        higher with ``True``; figures in ``doc/features.md``, "Local pooling").
     upsample : {"bilinear", "nearest"}, default="bilinear"
         How coarser layers are resized to the finest one before concatenation:
         PatchCore interpolates bilinearly; PaDiM's reference code repeats each

@@ -45,6 +45,55 @@ def _as_display_image(image):
     return img
 
 
+def heatmap_rgb(image, anomaly_map, *, vmin=None, vmax=None, alpha=0.5, cmap="jet"):
+    """The image blended with its colour-mapped anomaly map, as a uint8 RGB array.
+
+    The array form of :func:`plot_anomaly_overlay` (no figure): what ``skad predict``
+    writes as PNG files. Share ``vmin`` / ``vmax`` across images to compare them.
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W, 3) or (H, W)
+        uint8 0-255 or float 0-1.
+    anomaly_map : array-like of shape (H, W)
+        Higher = more anomalous.
+    vmin, vmax : float, optional
+        Colour scale (defaults: this map's range).
+    alpha : float, default=0.5
+        Weight of the heatmap.
+    cmap : str, default="jet"
+
+    Returns
+    -------
+    rgb : ndarray of uint8, shape (H, W, 3)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad.plot import heatmap_rgb
+    >>> amap = np.zeros((4, 4)); amap[0, 0] = 1.0
+    >>> rgb = heatmap_rgb(np.zeros((4, 4, 3), np.uint8), amap)
+    >>> rgb.shape, rgb.dtype.name, bool(rgb[0, 0, 0] > rgb[1, 1, 0])
+    ((4, 4, 3), 'uint8', True)
+    """
+    from matplotlib import colormaps
+
+    img = _as_display_image(image)
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    amap = np.asarray(anomaly_map, dtype=np.float64)
+    if amap.shape != img.shape[:2]:
+        raise ValueError(
+            f"anomaly_map: shape {amap.shape} differs from the image's {img.shape[:2]}"
+        )
+    vmin = float(amap.min()) if vmin is None else float(vmin)
+    vmax = float(amap.max()) if vmax is None else float(vmax)
+    norm = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    heat = colormaps[cmap](norm)[..., :3]
+    return (np.clip((1 - alpha) * img + alpha * heat, 0, 1) * 255).round().astype(np.uint8)
+
+
 def plot_anomaly_overlay(
     image,
     anomaly_map,

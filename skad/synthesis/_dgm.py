@@ -6,7 +6,7 @@ import os
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import HasMethods, Interval
+from ..utils._sklearn_compat import HasMethods, Interval
 
 from ._base import BaseSynthesizer, _check_choices, _check_range
 from ._masks import REGION_KINDS, _region
