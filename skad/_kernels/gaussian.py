@@ -16,7 +16,21 @@ import numpy as np
 from ..utils import resolve_device
 from ._convert import as_tensor
 
-__all__ = ["cholesky_factors", "fit_gaussians", "mahalanobis"]
+__all__ = ["cholesky_factors", "fit_gaussians", "mahalanobis", "whitened_distances",
+           "whitening_factors"]
+
+
+def _lapack_threads(device):
+    """Threads for batched LAPACK calls on small matrices (factorisations, inverses).
+
+    torch loops over the batch and gives each small matrix (d ~ 150) to a threaded
+    LAPACK routine: the threads only synchronise. On the CPU one thread is used
+    (2-core machine under load: a batch of 784 Cholesky factorisations of 152 x 152
+    took 10.1 s with 2 threads and 0.36 s with 1; ``doc/npad.md``).
+    """
+    from ..utils._torch import torch_threads
+
+    return torch_threads(1 if device.type == "cpu" else None)
 
 
 def fit_gaussians(X, *, shrinkage=0.0, eps=0.01, chunk_size=None, working_memory=256,
@@ -125,7 +139,7 @@ def cholesky_factors(cov, *, dtype="float64", device=None):
     C = as_tensor(cov, "cov", ndim=3, device=dev, dtype=getattr(torch, dtype))
     if C.shape[1] != C.shape[2]:
         raise ValueError(f"cov: expected square matrices (P, d, d); got {tuple(C.shape)}")
-    with torch.inference_mode():
+    with torch.inference_mode(), _lapack_threads(C.device):
         L, info = torch.linalg.cholesky_ex(C)
     bad = torch.nonzero(info).reshape(-1)
     if bad.numel():
@@ -188,3 +202,92 @@ def mahalanobis(X, means, chol, *, chunk_size=None, working_memory=256, device=N
             z = torch.linalg.solve_triangular(L, diff, upper=False)
             out[s:e] = z.square().sum(1).sqrt().T.to(torch.float32)
     return out.cpu().numpy()
+
+
+def whitening_factors(chol, *, device=None):
+    """Inverse Cholesky factors ``W = L^{-1}``: then ``||W_p (x - mu_p)||`` is the
+    Mahalanobis distance to ``N(mu_p, L_p L_p^T)``.
+
+    Scoring with ``W`` is one batched matrix product per block of samples
+    (:func:`whitened_distances`) instead of a triangular solve, which is several
+    times slower for the few right-hand sides of a batch of images. The inverse is
+    computed in float64 and returned as float32 (lower triangular).
+
+    Parameters
+    ----------
+    chol : array-like or torch.Tensor of shape (P, d, d)
+        Lower Cholesky factors (:func:`cholesky_factors`).
+    device : {"auto", "cpu", "cuda"}, torch.device or None
+
+    Returns
+    -------
+    whiten : ndarray of float32, shape (P, d, d)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.gaussian import whitening_factors
+    >>> whitening_factors(np.array([[[2.0, 0.0], [1.0, 4.0]]])).tolist()
+    [[[0.5, 0.0], [-0.125, 0.25]]]
+    """
+    import torch
+
+    dev = resolve_device(device, chol)
+    L = as_tensor(chol, "chol", ndim=3, device=dev, dtype=torch.float64)
+    if L.shape[1] != L.shape[2]:
+        raise ValueError(f"chol: expected square matrices (P, d, d); got {tuple(L.shape)}")
+    eye = torch.eye(L.shape[1], dtype=torch.float64, device=dev).expand_as(L)
+    with torch.inference_mode(), _lapack_threads(L.device):
+        W = torch.linalg.solve_triangular(L, eye, upper=False)
+    return W.to(torch.float32).cpu().numpy()
+
+
+def whitened_distances(X, means, whiten, *, working_memory=256, device=None):
+    """Mahalanobis distance of each sample at each position: ``||W_p (x - mu_p)||``.
+
+    The same distances as :func:`mahalanobis` (to float32 rounding) from the inverse
+    factors of :func:`whitening_factors`: one float32 batched product over the
+    positions for a whole block of samples.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor of shape (n, P, d)
+    means : array-like or torch.Tensor of shape (P, d)
+    whiten : array-like or torch.Tensor of shape (P, d, d)
+    working_memory : float, default=256
+        MiB for one block: ``c`` samples need about ``8 * c * P * d`` bytes.
+    device : {"auto", "cpu", "cuda"}, torch.device or None
+
+    Returns
+    -------
+    distances : torch.Tensor of float32, shape (n, P), on ``device``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.gaussian import whitened_distances, whitening_factors
+    >>> W = whitening_factors(np.array([[[2.0, 0.0], [0.0, 1.0]]]))
+    >>> whitened_distances(np.array([[[2.0, 0.0]]]), np.zeros((1, 2)), W).tolist()
+    [[1.0]]
+    """
+    import torch
+
+    dev = resolve_device(device, X)
+    Xt = as_tensor(X, "X", ndim=3, device=dev, dtype=torch.float32)
+    n, P, d = Xt.shape
+    mu = as_tensor(means, "means", ndim=2, device=dev, dtype=torch.float32)
+    W = as_tensor(whiten, "whiten", ndim=3, device=dev, dtype=torch.float32)
+    if mu.shape != (P, d) or W.shape != (P, d, d):
+        raise ValueError(
+            f"means/whiten: expected shapes ({P}, {d}) and ({P}, {d}, {d}) for X of shape "
+            f"{tuple(Xt.shape)}; got {tuple(mu.shape)} and {tuple(W.shape)}"
+        )
+    step = max(1, int(working_memory * 2**20 // (8 * P * d)))
+    out = torch.empty((n, P), dtype=torch.float32, device=dev)
+    with torch.inference_mode():
+        for s in range(0, n, step):
+            e = min(s + step, n)
+            diff = (Xt[s:e] - mu).permute(1, 2, 0)  # (P, d, c): centred first (no cancellation)
+            z = torch.bmm(W, diff)
+            out[s:e] = torch.linalg.vector_norm(z, dim=1).T
+    return out

@@ -132,20 +132,28 @@ def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperat
     h, w, d, offsets, idx, valid, mu, cov = _windowed_moments(means, covs, size)
     eye = torch.eye(d, dtype=torch.float32)
     dist = torch.full((len(offsets), h * w), float("inf"))
+    where = {o: k for k, o in enumerate(offsets)}
+    done = set()
     for k, (dy, dx) in enumerate(offsets):
         ok = valid[k]
         if (dy, dx) == (0, 0):
             dist[k] = 0.0
             continue
-        if not ok.any():
+        if not ok.any() or k in done:
             continue
         p = torch.nonzero(ok).squeeze(1)
         q = idx[k, p]
+        # D_B(p, q) = D_B(q, p) bit for bit (the average and the quadratic form are
+        # symmetric): the opposite offset, where the window has it, is filled from here
+        back = where.get((-dy, -dx))
         delta = mu[p] - mu[q]
         avg = 0.5 * (cov[p] + cov[q]) + eps * eye  # average covariance of eq. 4
         chol = torch.from_numpy(cholesky_factors(avg, device=device))
         z = torch.linalg.solve_triangular(chol, delta.unsqueeze(-1), upper=False)
         dist[k, p] = 0.125 * z.square().sum(dim=(1, 2))  # D_B of eq. 5
+        if back is not None:
+            dist[back, q] = dist[k, p]
+            done.add(back)
     scaled = dist / beta if beta_role == "temperature" else dist * beta
     weights = torch.softmax(-scaled, dim=0)  # exp(-D) normalised; D(p, p) = 0 is finite
     return (weights.T.reshape(h, w, len(offsets)).contiguous(),

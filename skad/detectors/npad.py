@@ -12,10 +12,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.cluster import MiniBatchKMeans
 from sklearn.utils import check_random_state
 
-from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
+from .._kernels.gaussian import (cholesky_factors, fit_gaussians, whitened_distances,
+                                 whitening_factors)
+from .._kernels.kmeans import partitioned_kmeans
 from .._kernels.knn import knn_search
 from .._kernels.spatial import (
     bhattacharyya_weights,
@@ -156,7 +157,13 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         Batch size of :class:`~sklearn.cluster.MiniBatchKMeans`.
     kmeans_max_iter : int, default=1
         Passes (epochs) of MiniBatchKMeans over the aggregated features (each costs
-        ``n * h * w * n_centres * d`` multiply-adds: timing in ``doc/npad.md``).
+        ``n * h * w * n_centres * d`` multiply-adds without cells: timing in
+        ``doc/npad.md``).
+    kmeans_cell_size : int or None, default=4096
+        k-means runs cell by cell (:func:`~skad._kernels.kmeans.partitioned_kmeans`):
+        a coarse k-means splits the aggregated features into cells of about this many,
+        each cell gets its share of the centres. Fit then grows linearly with the
+        number of images; None runs one k-means over all features (quadratic).
     chunk_size : int, default=256
         Positions per chunk in fit (bounds the covariance temporaries).
     batch_size : int, default=32
@@ -204,11 +211,11 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         Kept channels.
     weights_ : ndarray of float32, shape (h, w, s * s) or None
         Module A's neighbourhood weights (eq. 5).
-    means_a_, chol_a_ : ndarray of float32, shapes (h * w, d) and (h * w, d, d) or None
-        Module A's re-estimated means and lower Cholesky factors of
-        ``Sigma'_p + eps I``.
-    means_b_, chol_b_ : ndarray of float32 or None
-        Module B's per-position Gaussians of the aggregated features.
+    means_a_, whiten_a_ : ndarray of float32, shapes (h * w, d) and (h * w, d, d) or None
+        Module A's re-estimated means and inverse lower Cholesky factors ``W = L^-1``
+        of ``Sigma'_p + eps I = L L^T`` (Mahalanobis distance ``||W (x - mu)||``).
+    means_b_, whiten_b_ : ndarray of float32 or None
+        Module B's per-position Gaussians of the aggregated features (same form).
     centroids_ : ndarray of float32, shape (n_centroids, d) or None
         Module B's memory bank.
     device_ : torch.device
@@ -259,9 +266,12 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
       shifts in displacement, but a feature-map translation only interpolates
       features; shifting the images and re-extracting is not the same.
     - **k-means**: ``MiniBatchKMeans(init="random", n_init=1)``, as k-means++ seeding of
-      ``0.1 * n * h * w`` (16k for bottle) centres is too slow on a CPU.
-    - **Memory.** Every covariance is float32 and factorised once in fit (Cholesky;
-      scoring uses triangular solves). Fit holds the final factors of A and B
+      ``0.1 * n * h * w`` (16k for bottle) centres is too slow on a CPU; by default
+      within cells of about ``kmeans_cell_size`` features from a coarse k-means
+      (one k-means over all features costs ``n^2``: 16k centres x 164k features).
+    - **Memory.** Every covariance is float32 and factorised once in fit (Cholesky,
+      then its inverse: scoring is one batched product per block of images, all
+      shifted copies together). Fit holds the final factors of A and B
       (``2 h w d^2`` floats), the features and one chunk of raw covariances.
       For the default backbone (d = 152, 28x28) that is 2 x 72 MB; for d = 550 it is
       2 x 0.95 GB at 28x28 and 2 x 3.8 GB at 56x56 (plus the features, 209 bottle
@@ -311,6 +321,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         "eps": [Interval(Real, 0, None, closed="neither")],
         "kmeans_batch_size": [Interval(Integral, 1, None, closed="left")],
         "kmeans_max_iter": [Interval(Integral, 1, None, closed="left")],
+        "kmeans_cell_size": [Interval(Integral, 1, None, closed="left"), None],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         **DeviceMixin._device_constraint,
@@ -336,6 +347,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         eps=0.01,
         kmeans_batch_size=4096,
         kmeans_max_iter=1,
+        kmeans_cell_size=4096,
         chunk_size=256,
         batch_size=32,
         device="auto",
@@ -361,6 +373,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.eps = eps
         self.kmeans_batch_size = kmeans_batch_size
         self.kmeans_max_iter = kmeans_max_iter
+        self.kmeans_cell_size = kmeans_cell_size
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.device = device
@@ -399,8 +412,8 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.channels_ = select_active_channels(X, d, self.channel_order)
         Xs = torch.from_numpy(np.ascontiguousarray(X[:, self.channels_]))
         self.modules_ = modules
-        self.weights_ = self.means_a_ = self.chol_a_ = None
-        self.means_b_ = self.chol_b_ = self.centroids_ = None
+        self.weights_ = self.means_a_ = self.whiten_a_ = None
+        self.means_b_ = self.whiten_b_ = self.centroids_ = None
         if "A" in modules:
             self._fit_module_a(Xs)
         if "B" in modules:
@@ -414,7 +427,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         rows = max(1, int(self.chunk_size) // w)
         weights = torch.empty(h, w, s * s)
         means = torch.empty(h * w, d)
-        chol = torch.empty(h * w, d, d)
+        whiten = torch.empty(h * w, d, d)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
@@ -434,43 +447,34 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
             cov_in = cov_a[inner].reshape(-1, d, d)
             cov_in += self.eps * torch.eye(d)  # eps * I of eq. 3
             chol_in = cholesky_factors(cov_in, device=self.device_)
-            chol[r0 * w:r1 * w] = torch.from_numpy(chol_in)
+            whiten[r0 * w:r1 * w] = torch.from_numpy(whitening_factors(chol_in,
+                                                                     device=self.device_))
             del mu, cov, mu_a, cov_a, cov_in
         self.weights_ = weights.numpy()
         self.means_a_ = means.numpy()
-        self.chol_a_ = chol.numpy()
+        self.whiten_a_ = whiten.numpy()
 
     def _fit_module_b(self, Xs, rng):
         n, d, h, w = Xs.shape
         agg = local_average_pool(Xs, 3)  # eq. 7: 3x3 average of the neighbourhood
         flat = agg.permute(0, 2, 3, 1).reshape(n, h * w, d)
         means = torch.empty(h * w, d)
-        chol = torch.empty(h * w, d, d)
+        whiten = torch.empty(h * w, d, d)
         step = max(1, int(self.chunk_size))
         for p0 in range(0, h * w, step):
             p1 = min(h * w, p0 + step)
             mu, cov = _gaussians(flat[:, p0:p1], self.eps, self.device_)
             means[p0:p1] = mu
-            chol[p0:p1] = torch.from_numpy(cholesky_factors(cov, device=self.device_))
+            whiten[p0:p1] = torch.from_numpy(whitening_factors(
+                cholesky_factors(cov, device=self.device_), device=self.device_))
         self.means_b_ = means.numpy()
-        self.chol_b_ = chol.numpy()
+        self.whiten_b_ = whiten.numpy()
         bank = flat.reshape(-1, d).numpy()
         n_clusters = max(1, min(bank.shape[0], int(round(self.centroid_ratio * bank.shape[0]))))
-        km = MiniBatchKMeans(
-            n_clusters=n_clusters,
-            init="random",
-            n_init=1,
-            batch_size=int(self.kmeans_batch_size),
-            max_iter=int(self.kmeans_max_iter),
-            # only the centres are kept; the final labelling pass is skipped except
-            # for data within two batches (cheap there, and scikit-learn sets the
-            # inertia of a fit without labels from its second step on: fewer steps fail)
-            compute_labels=bank.shape[0] * int(self.kmeans_max_iter)
-            < 2 * int(self.kmeans_batch_size),
-            random_state=rng,
-        )
-        km.fit(bank)
-        self.centroids_ = np.ascontiguousarray(km.cluster_centers_, dtype=np.float32)
+        self.centroids_ = partitioned_kmeans(
+            bank, n_clusters, cell_size=self.kmeans_cell_size,
+            batch_size=int(self.kmeans_batch_size), max_iter=int(self.kmeans_max_iter),
+            random_state=rng)
 
     # -- scoring -------------------------------------------------------------
     def _shifts(self, h, w):
@@ -498,15 +502,14 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         return np.concatenate(scores), np.concatenate(maps)
 
     def _score_batch(self, xb):
-        per_shift_scores, per_shift_maps = [], []
-        for shift in self._shifts(*xb.shape[2:]):
-            xs = shift_maps(xb, shift)
-            score, pixel = self._score_aligned(xs)
-            back = shift_maps(pixel[:, None], (-shift[0], -shift[1]))[:, 0]
-            per_shift_scores.append(score)
-            per_shift_maps.append(back)
-        scores = torch.stack(per_shift_scores)
-        maps = torch.stack(per_shift_maps)
+        n = xb.shape[0]
+        shifts = self._shifts(*xb.shape[2:])
+        # every shifted copy scored in one pass: each Gaussian's factor is read once
+        # per batch, not once per shift
+        score, pixel = self._score_aligned(torch.cat([shift_maps(xb, s) for s in shifts]))
+        scores = score.reshape(len(shifts), n)
+        maps = torch.stack([shift_maps(pixel[i * n:(i + 1) * n, None], (-s[0], -s[1]))[:, 0]
+                            for i, s in enumerate(shifts)])
         if self.shift_aggregation == "min":  # eq. 15
             scores, maps = scores.min(0).values, maps.min(0).values
         else:
@@ -524,7 +527,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         # through one Mahalanobis call (one pass over the factors).
         src = neighbour_index(h, w, [(-dy, -dx) for dy, dx in offsets])[0]
         gathered = torch.cat([feats[:, src[k]] for k in range(len(offsets))])
-        dist_q = _maha(gathered, self.means_a_, self.chol_a_, self.device_)
+        dist_q = _maha(gathered, self.means_a_, self.whiten_a_, self.device_)
         dist_q = dist_q.reshape(len(offsets), n, -1)
         best = torch.full((n, h * w), float("inf"))
         for k in range(len(offsets)):
@@ -539,7 +542,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         agg = None
         if "B" in self.modules_:
             agg = local_average_pool(xb, 3).permute(0, 2, 3, 1).reshape(n, h * w, d)
-            map_b = _maha(agg, self.means_b_, self.chol_b_, self.device_).reshape(n, h, w)
+            map_b = _maha(agg, self.means_b_, self.whiten_b_, self.device_).reshape(n, h, w)
         if map_a is not None and agg is not None:
             pixel = torch.sqrt(map_a * map_b)  # eq. 11
         else:
@@ -575,6 +578,6 @@ def _gaussians(block, eps, device=None):
     return torch.from_numpy(mu), torch.from_numpy(cov)
 
 
-def _maha(feats, means, chol, device=None):
+def _maha(feats, means, whiten, device=None):
     """Mahalanobis distances (n, P) of features (n, P, d) to per-position Gaussians."""
-    return torch.from_numpy(mahalanobis(feats, means, chol, device=device))
+    return whitened_distances(feats, means, whiten, device=device).cpu()

@@ -1,0 +1,153 @@
+"""k-means for many centres at linear cost: a coarse partition, then k-means in each cell.
+
+N-pad's memory bank keeps a fixed fraction of the features as k-means centres
+(``0.1 * n * h * w``), so one k-means over all of them costs
+``n_samples * n_clusters * d`` per pass: quadratic in the number of images (bottle's
+209 images: 164k features x 16k centres, 5 TFLOP over N-pad's six fits). Here a
+coarse k-means first splits the rows into cells of about ``cell_size`` rows; each
+cell then gets its share of the centres (proportional to its size) from a k-means of
+its own rows (:func:`lloyd`: rows drawn at random as the first centres, then Lloyd
+iterations; assignments by :func:`~skad._kernels.knn.knn_search`). A pass costs ``n_samples * (n_cells + n_clusters /
+n_cells) * d``, linear in ``n_samples`` for a fixed cell size. Each centre stays
+inside its cell, which is what a k-means centre near the cell's middle does anyway;
+the quantisation error of both on held-out features is in ``doc/npad.md``.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.utils import check_random_state
+
+from .knn import knn_search
+
+__all__ = ["lloyd", "partitioned_kmeans"]
+
+
+def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
+    """k-means by Lloyd iterations from ``n_clusters`` rows drawn at random.
+
+    Each iteration assigns every row to its nearest centre
+    (:func:`~skad._kernels.knn.knn_search`) and moves each centre to the mean of its
+    rows; a centre without rows stays where it is.
+
+    Parameters
+    ----------
+    X : ndarray of float32, shape (n_samples, d)
+    n_clusters : int
+    n_iter : int, default=1
+    random_state : int, RandomState instance or None
+
+    Returns
+    -------
+    centres : ndarray of float32, shape (n_clusters, d)
+    labels : ndarray of int64, shape (n_samples,)
+        Each row's centre at the last assignment (before the last move).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.kmeans import lloyd
+    >>> X = np.array([[0.0], [0.2], [10.0], [10.4]], np.float32)
+    >>> c, lab = lloyd(X, 2, n_iter=3, random_state=1)
+    >>> sorted(round(float(v), 1) for v in c.ravel())
+    [0.1, 10.2]
+    """
+    import torch
+
+    rng = check_random_state(random_state)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    Xt = torch.from_numpy(X)
+    centres = Xt[torch.from_numpy(rng.choice(len(X), int(n_clusters), replace=False))].clone()
+    for _ in range(int(n_iter)):
+        labels = knn_search(Xt, centres, 1)[1][:, 0]
+        # the rows' sums per centre: rows sorted by centre, summed in runs (index_add_
+        # is several times slower on the CPU)
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=len(centres))
+        filled = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[filled]
+        sums = np.add.reduceat(X[order], starts, axis=0)
+        centres[torch.from_numpy(filled)] = torch.from_numpy(
+            (sums / counts[filled, None]).astype(np.float32))
+    return centres.numpy(), labels
+
+
+def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_iter=1,
+                       random_state=None, coarse_iter=5):
+    """``n_clusters`` k-means centres of the rows of ``X``, found cell by cell.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, d)
+    n_clusters : int
+        Number of centres, ``1 <= n_clusters <= n_samples``.
+    cell_size : int or None, default=4096
+        Rows per coarse cell (about): a :func:`lloyd` k-means with ``coarse_iter``
+        iterations splits the rows into ``ceil(n_samples / cell_size)`` cells, and
+        each cell's share of the centres comes from :func:`lloyd` on its rows with
+        ``max_iter`` iterations. ``None``: one
+        :class:`~sklearn.cluster.MiniBatchKMeans` (``init="random"``) over all rows,
+        ``max_iter`` epochs of ``batch_size`` (cost quadratic in the rows).
+    batch_size : int, default=4096
+        Batch size of the MiniBatchKMeans (``cell_size=None``).
+    max_iter : int, default=1
+        Epochs of the MiniBatchKMeans, or Lloyd iterations in each cell.
+    random_state : int, RandomState instance or None
+    coarse_iter : int, default=5
+        Lloyd iterations of the coarse split.
+
+    Returns
+    -------
+    centres : ndarray of float32, shape (m, d)
+        ``m = n_clusters``, except that a cell never gets more centres than rows nor
+        fewer than one (``m`` then differs from ``n_clusters`` by those few).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.kmeans import partitioned_kmeans
+    >>> X = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
+    >>> partitioned_kmeans(X, 300, cell_size=500, random_state=0).shape
+    (300, 4)
+    """
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n = X.shape[0]
+    if not isinstance(n_clusters, Integral) or not 1 <= n_clusters <= n:
+        raise ValueError(
+            f"n_clusters: expected an int in [1, {n}] (the rows of X); got {n_clusters!r}"
+        )
+    if cell_size is not None and (not isinstance(cell_size, Integral) or cell_size < 1):
+        raise ValueError(f"cell_size: expected a positive int or None; got {cell_size!r}")
+    rng = check_random_state(random_state)
+    if cell_size is None:
+        km = MiniBatchKMeans(
+            n_clusters=int(n_clusters), init="random", n_init=1, batch_size=int(batch_size),
+            max_iter=int(max_iter),
+            # only the centres are kept; the final labelling pass is skipped except for
+            # data within two batches (cheap there, and scikit-learn sets the inertia of
+            # a fit without labels from its second step on: fewer steps fail)
+            compute_labels=n * int(max_iter) < 2 * int(batch_size),
+            random_state=rng,
+        )
+        return np.ascontiguousarray(km.fit(X).cluster_centers_, dtype=np.float32)
+    n_cells = min(int(np.ceil(n / cell_size)), int(n_clusters))
+    labels = (np.zeros(n, np.int64) if n_cells == 1
+              else lloyd(X, n_cells, n_iter=coarse_iter, random_state=rng)[1])
+    sizes = np.bincount(labels, minlength=n_cells)
+    # each cell's share of the centres (largest remainders), at least one per
+    # non-empty cell and at most its rows
+    share = n_clusters * sizes / n
+    counts = np.floor(share).astype(np.int64)
+    counts[np.argsort(counts - share, kind="stable")[: int(n_clusters - counts.sum())]] += 1
+    counts = np.clip(counts, (sizes > 0).astype(np.int64), sizes)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    centres = []
+    for c in np.flatnonzero(counts):
+        rows = X[order[bounds[c]:bounds[c + 1]]]
+        centres.append(rows if counts[c] == len(rows) else
+                       lloyd(rows, int(counts[c]), n_iter=max_iter, random_state=rng)[0])
+    return np.ascontiguousarray(np.concatenate(centres), dtype=np.float32)
