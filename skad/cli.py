@@ -486,6 +486,7 @@ def _cmd_predict(args, out):
     from tqdm.auto import tqdm
 
     from .preprocessing import ResizeCrop
+    from .utils.validation import load_image
 
     # cheap checks first: loading a model takes seconds
     if not Path(args.model).is_file():
@@ -526,8 +527,7 @@ def _cmd_predict(args, out):
             s, m = rest.score_and_map(X)
             if args.maps:
                 m = m.astype(np.float16)
-                im = X if pre is not None else [
-                    np.asarray(Image.open(c).convert("RGB")) for c in chunk]
+                im = X if pre is not None else [load_image(c) for c in chunk]
                 return np.asarray(s, dtype=np.float64), list(m), list(im)
             return np.asarray(s, dtype=np.float64), [], []
         return np.asarray(rest.anomaly_score(X), dtype=np.float64), [], []
