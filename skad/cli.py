@@ -421,6 +421,9 @@ def _cmd_fit(args, out):
     # checks the detector's parameter names before any image is read
     core = make_model(name, extractor, params=_parse_params(args.param, scoped=False),
                       random_state=args.seed, specs=specs)
+    detector = core.steps[-1][1]
+    if "verbose" in detector.get_params(deep=False):  # e.g. PatchCore's coreset bar
+        detector.set_params(verbose=not args.quiet)
     files, folder = _training_files(args.train)
     out_path = Path(args.output)
     _require_writable(out_path.parent, "-o", "model file")

@@ -82,6 +82,9 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         available).
     random_state : int, RandomState instance or None, default=None
         Seeds the coreset (projection and start point) and the approximate index.
+    verbose : bool, default=False
+        A progress bar over the coreset selection in ``fit`` (the long step on large
+        training sets; ``skad fit`` turns it on).
 
     Attributes
     ----------
@@ -160,6 +163,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         "n_probe": [Interval(Integral, 1, None, closed="left")],
         **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -178,6 +182,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         sigma=4.0,
         device="auto",
         random_state=None,
+        verbose=False,
     ):
         self.coreset_ratio = coreset_ratio
         self.n_neighbors = n_neighbors
@@ -192,6 +197,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.sigma = sigma
         self.device = device
         self.random_state = random_state
+        self.verbose = verbose
 
     def _fit(self, X):
         rng = check_random_state(self.random_state)
@@ -208,7 +214,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         if n_select < len(rows):
             idx = greedy_coreset(
                 rows, n_select, projection_dim=self.projection_dim, random_state=rng,
-                device=device,
+                device=device, verbose="PatchCore coreset" if self.verbose else False,
             )
         else:
             idx = np.arange(len(rows), dtype=np.int64)
