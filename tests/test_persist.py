@@ -101,11 +101,13 @@ def test_truncated_file_is_refused(tmp_path):
             skad.load(tmp_path / "cut.skad")
 
 
-def _rewrite_header(path, edit):
+def _rewrite_header(path, edit, recompute_digest=True):
     with zipfile.ZipFile(path) as zf:
         files = {n: zf.read(n) for n in zf.namelist()}
     header = json.loads(files["skad_model.json"])
     edit(header)
+    if recompute_digest:  # as a deliberate editor would
+        header["root_sha256"] = persist._tree_digest(header["root"])
     files["skad_model.json"] = json.dumps(header).encode()
     with zipfile.ZipFile(path, "w") as zf:
         for n, b in files.items():
@@ -239,3 +241,30 @@ def test_trained_models_round_trip_and_reload_on_a_cpu_only_machine(name, images
         assert back.device_ == torch.device("cpu")
         for a, b in zip(_outputs(back, images), expected):
             np.testing.assert_array_equal(a, b)
+
+
+def test_edited_or_damaged_contents_are_refused(tmp_path):
+    # regression (hypothesis suite): a rewritten archive whose header still parsed but
+    # had lost a fitted attribute loaded, and score_samples then raised AttributeError
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    path = skad.save(PaDiM(device="cpu").fit(X), tmp_path / "m.skad")
+
+    def drop_cholesky(h):
+        h["root"]["state"]["v"] = [kv for kv in h["root"]["state"]["v"]
+                                   if kv[0] != "cholesky_"]
+
+    _rewrite_header(path, drop_cholesky, recompute_digest=False)
+    with pytest.raises(persist.ModelFileError, match="object tree does not match"):
+        skad.load(path)
+    # an array replaced by another valid .npy
+    path = skad.save(PaDiM(device="cpu").fit(X), tmp_path / "m2.skad")
+    with zipfile.ZipFile(path) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.zeros(3), allow_pickle=False)
+    files["a1.npy"] = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in files.items():
+            zf.writestr(n, b)
+    with pytest.raises(persist.ModelFileError, match="array 'a1' does not match"):
+        skad.load(path)

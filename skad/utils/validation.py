@@ -386,6 +386,11 @@ def check_patches(X, *, name: str = "X", allow_2d: bool = True) -> np.ndarray:
         raise ValueError(f"{name}: empty set: got 0 samples (shape {arr.shape}); at least 1 is required")
     if arr.shape[1] == 0:
         raise ValueError(f"{name}: got 0 features/channels (shape {arr.shape}); at least 1 is required")
+    if arr.shape[2] == 0 or arr.shape[3] == 0:
+        raise ValueError(
+            f"{name}: patch maps of spatial size {arr.shape[2:]} (shape {arr.shape}); "
+            "expected h, w >= 1"
+        )
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: input contains NaN or infinity")
