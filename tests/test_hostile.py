@@ -243,7 +243,7 @@ def _apply(name, est, X):
 
 
 @pytest.mark.parametrize("name", ["extractor", "smcc", "memseg", "local_occ", "aligner"])
-@few(10)
+@few(6)
 @given(X=image_like())
 def test_image_estimator_predict_on_any_images(name, X, fitted_image_estimators):
     _, fitted = fitted_image_estimators
@@ -256,7 +256,7 @@ def test_image_estimator_predict_on_any_images(name, X, fitted_image_estimators)
 
 
 @pytest.mark.parametrize("name", ["smcc", "memseg", "local_occ", "aligner", "extractor"])
-@few(4)
+@few(3)
 @given(X=image_like(n=(0, 3), side=(1, 24)))
 def test_image_estimator_fit_on_any_images(name, X):
     est = _image_estimators()[name]
@@ -443,7 +443,7 @@ def _stray_files(folder):
     return [p.name for p in Path(folder).iterdir() if p.name.endswith(".tmp")]
 
 
-@few(15)
+@few(5)
 @given(files=st.lists(st.one_of(bad_file_bytes(), st.just(_GOOD_PNG),
                                 st.just(_png_bytes((30, 20), "L")),
                                 st.just(_png_bytes((9, 9, 4), "RGBA"))),
@@ -477,7 +477,7 @@ def test_cli_predict_on_damaged_folders(cli_model, tmp_path_factory, files, maps
         assert code == 2 and "no image could be scored" in err
 
 
-@few(8)
+@few(4)
 @given(files=st.lists(bad_file_bytes(), min_size=1, max_size=3))
 def test_cli_fit_on_damaged_training_folders(tmp_path_factory, files, capsys):
     root = tmp_path_factory.mktemp("fit")
