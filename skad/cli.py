@@ -207,11 +207,15 @@ def build_parser():
 
 
 # --------------------------------------------------------------------------- data
-def _image_files(folder, recursive=False):
+def _image_files(folder, recursive=False, flag="--images"):
     from .datasets._io import IMAGE_EXTENSIONS
 
-    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    try:
+        found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+        return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError as exc:  # an unreadable folder (permissions, a vanished mount)
+        raise UsageError(f"{flag}: cannot list the folder {os.fspath(folder)}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def _require_writable(folder, flag, what):
@@ -237,7 +241,7 @@ def _training_files(folder):
     for sub in (Path("train") / "good", Path("good"), Path(".")):
         cand = folder / sub
         if cand.is_dir():
-            files = _image_files(cand)
+            files = _image_files(cand, flag="--train")
             if files:
                 return files, cand
     from .datasets._io import IMAGE_EXTENSIONS
@@ -646,7 +650,7 @@ def main(argv=None, *, stdout=None):
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
     except (UsageError, UnknownDetectorError, InvalidParameterError, FileNotFoundError,
-            NotADirectoryError, ValueError) as exc:
+            NotADirectoryError, PermissionError, ValueError) as exc:
         if show_tb:
             raise
         print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)

@@ -263,6 +263,15 @@ def test_image_estimator_fit_on_any_images(name, X):
     expect_clean(est.fit, X, inputs=[X])
 
 
+def test_huge_image_arrays_are_resized_not_refused(fitted_image_estimators):
+    _, fitted = fitted_image_estimators
+    X = np.zeros((1, 2048, 1536, 3), np.uint8)  # 9.4 MB; 38 MB as float
+    feats = expect_clean(fitted["extractor"].transform, X, inputs=[X])
+    assert feats.shape[0] == 1 and np.isfinite(feats).all()
+    scores, maps = fitted["smcc"].score_and_map(X)
+    assert maps.shape[0] == 1 and np.isfinite(maps).all()
+
+
 @pytest.mark.parametrize("name", ["smcc", "memseg", "local_occ"])
 def test_image_detectors_refuse_patch_tensors(name, fitted_image_estimators):
     _, fitted = fitted_image_estimators
@@ -495,8 +504,9 @@ def test_cli_fit_on_damaged_training_folders(tmp_path_factory, files, capsys):
 
 
 @pytest.mark.parametrize("case", ["file_as_folder", "missing", "empty", "model_is_folder",
-                                  "model_is_png", "output_in_missing_folder"])
-def test_cli_predict_on_unusable_paths(cli_model, tmp_path, case, capsys):
+                                  "model_is_png", "output_in_missing_folder",
+                                  "unreadable_folder", "unwritable_output"])
+def test_cli_predict_on_unusable_paths(cli_model, tmp_path, case, capsys, monkeypatch):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(_valid_images(1, 40)[0]).save(images / "a.png")
@@ -512,8 +522,19 @@ def test_cli_predict_on_unusable_paths(cli_model, tmp_path, case, capsys):
         model = tmp_path
     elif case == "model_is_png":
         model = images / "a.png"
-    else:
+    elif case == "output_in_missing_folder":
         out = tmp_path / "no" / "s.csv"
+    elif case == "unreadable_folder":  # as root, chmod cannot make one: simulate it
+        real = Path.iterdir
+
+        def iterdir(self):
+            if self == images:
+                raise PermissionError(13, "Permission denied", os.fspath(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "iterdir", iterdir)
+    else:
+        monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path)
     code = main(["predict", "--model", os.fspath(model), "--images", os.fspath(images),
                  "-o", os.fspath(out), "--quiet"])
     err = capsys.readouterr().err
