@@ -380,6 +380,29 @@ def test_load_folder_on_damaged_trees(tmp_path_factory, data, sizes, resize, cha
         assert out.images.ndim == 4 and out.images.dtype == np.uint8
 
 
+@few(15)
+@given(where=st.sampled_from(["train", "test_good", "test_defect", "mask"]),
+       data=bad_file_bytes(), mask_size=st.sampled_from([(20, 20), (10, 12)]),
+       resize=st.sampled_from([None, 16]), crop=st.sampled_from([None, 12, 40]))
+def test_load_mvtec_on_damaged_trees(tmp_path_factory, where, data, mask_size, resize, crop):
+    root = tmp_path_factory.mktemp("mvtec")
+    cat = root / "thing"
+    for sub in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
+        (cat / sub).mkdir(parents=True)
+    img = Image.fromarray(_valid_images(1, 20)[0])
+    for sub in ("train/good", "test/good", "test/crack"):
+        img.save(cat / sub / "000.png")
+    Image.new("L", mask_size[::-1], 255).save(cat / "ground_truth/crack/000_mask.png")
+    target = {"train": "train/good/001.png", "test_good": "test/good/001.png",
+              "test_defect": "test/crack/000.png",
+              "mask": "ground_truth/crack/000_mask.png"}[where]
+    (cat / target).write_bytes(data)
+    out = expect_clean(load_mvtec, root, "thing", resize=resize, crop=crop,
+                       names=(Path(target).name, "crop", "resize", "mask"))
+    if not isinstance(out, Exception):
+        assert out.train_images.dtype == np.uint8 and len(out.test_labels) == 2
+
+
 def test_loaders_on_missing_and_empty_folders(tmp_path):
     for fn, args in [(load_folder, (tmp_path / "nope",)), (load_folder, (tmp_path,)),
                      (load_mvtec, (tmp_path, "bottle")), (load_mvtec, (tmp_path / "x", "y"))]:
