@@ -17,6 +17,7 @@ trust.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import json
@@ -33,7 +34,8 @@ import numpy as np
 __all__ = ["save", "load", "ModelFileError"]
 
 FORMAT = "skad-model"
-FORMAT_VERSION = 1
+#: 2: the header holds SHA-256 digests of the object tree and of every array
+FORMAT_VERSION = 2
 _HEADER = "skad_model.json"
 #: modules whose classes a model file may name
 _ALLOWED_PREFIXES = ("skad", "sklearn", "numpy", "scipy")
@@ -54,6 +56,13 @@ def _versions():
 
     return {"skad": __version__, "scikit-learn": sklearn.__version__,
             "torch": torch.__version__, "numpy": np.__version__}
+
+
+def _tree_digest(root):
+    """SHA-256 of the object tree's canonical JSON (floats are stored as repr strings,
+    so the JSON round trip is exact)."""
+    text = json.dumps(root, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _public(version):
@@ -208,14 +217,19 @@ def _resolve(name, path, trusted=()):
 
 
 class _Decoder:
-    def __init__(self, zf, path, trusted=()):
+    def __init__(self, zf, path, trusted=(), digests=None):
         self.zf = zf
         self.path = path
         self.trusted = tuple(trusted)
+        self.digests = digests or {}
 
     def _array(self, key):
         with self.zf.open(f"{key}.npy") as f:
-            return np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+            blob = f.read()
+        if hashlib.sha256(blob).hexdigest() != self.digests.get(key):
+            raise ModelFileError(f"{self.path}: damaged skad model file (array {key!r} does "
+                                 "not match the digest recorded when it was saved)")
+        return np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
 
     def decode(self, node):  # noqa: C901 -- one branch per stored kind
         import torch
@@ -352,18 +366,27 @@ def save(model, path):
     path = Path(path)
     enc = _Encoder()
     root = enc.encode(model, type(model).__name__)
+    blobs = {}
+    for key, arr in enc.arrays.items():
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, arr, allow_pickle=False)
+        blobs[key] = buf.getvalue()
+    # digests: a file edited or damaged in a way the zip's CRCs cannot see (an archive
+    # rewritten with a changed header or array) is refused instead of loading an object
+    # with missing or wrong state. They detect damage, not tampering: whoever edits the
+    # file can recompute them (loading still runs no code from it).
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
               "class": f"{type(model).__module__}.{type(model).__qualname__}",
+              "root_sha256": _tree_digest(root),
+              "arrays_sha256": {k: hashlib.sha256(b).hexdigest() for k, b in blobs.items()},
               "root": root}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                dir=path.parent if str(path.parent) else ".")
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
             zf.writestr(_HEADER, json.dumps(header))
-            for key, arr in enc.arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, arr, allow_pickle=False)
-                zf.writestr(f"{key}.npy", buf.getvalue())
+            for key, blob in blobs.items():
+                zf.writestr(f"{key}.npy", blob)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -446,13 +469,20 @@ def load(path, *, trusted=(), allow_version_mismatch=False):
             if not allow_version_mismatch:
                 raise ModelFileError(msg)
             warnings.warn(msg, UserWarning, stacklevel=2)
+        digests = header.get("arrays_sha256")
+        if (not isinstance(digests, dict) or "root" not in header
+                or header.get("root_sha256") != _tree_digest(header["root"])):
+            raise ModelFileError(f"{path}: damaged skad model file (its object tree does "
+                                 "not match the digest recorded when it was saved)")
         try:
             with warnings.catch_warnings():
                 if allow_version_mismatch:  # already warned, once
                     warnings.filterwarnings("ignore", message=".*Trying to unpickle")
-                return _Decoder(zf, path, trusted).decode(header["root"])
+                return _Decoder(zf, path, trusted, digests).decode(header["root"])
         except ModelFileError:
             raise
-        except (KeyError, TypeError, ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        # a crafted tree (digests recomputed) may still name the wrong kinds of entries
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError,
+                zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelFileError(f"{path}: damaged skad model file ({type(exc).__name__}: "
                                  f"{exc})") from exc

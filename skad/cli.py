@@ -207,11 +207,15 @@ def build_parser():
 
 
 # --------------------------------------------------------------------------- data
-def _image_files(folder, recursive=False):
+def _image_files(folder, recursive=False, flag="--images"):
     from .datasets._io import IMAGE_EXTENSIONS
 
-    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    try:
+        found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+        return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError as exc:  # an unreadable folder (permissions, a vanished mount)
+        raise UsageError(f"{flag}: cannot list the folder {os.fspath(folder)}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def _require_writable(folder, flag, what):
@@ -237,7 +241,7 @@ def _training_files(folder):
     for sub in (Path("train") / "good", Path("good"), Path(".")):
         cand = folder / sub
         if cand.is_dir():
-            files = _image_files(cand)
+            files = _image_files(cand, flag="--train")
             if files:
                 return files, cand
     from .datasets._io import IMAGE_EXTENSIONS
@@ -390,6 +394,9 @@ def _cmd_fit(args, out):
     # checks the detector's parameter names before any image is read
     core = make_model(name, extractor, params=_parse_params(args.param, scoped=False),
                       random_state=args.seed, specs=specs)
+    detector = core.steps[-1][1]
+    if "verbose" in detector.get_params(deep=False):  # e.g. PatchCore's coreset bar
+        detector.set_params(verbose=not args.quiet)
     files, folder = _training_files(args.train)
     out_path = Path(args.output)
     _require_writable(out_path.parent, "-o", "model file")
@@ -443,6 +450,7 @@ def _cmd_predict(args, out):
 
     from .plot import heatmap_rgb
     from .preprocessing import ResizeCrop
+    from .utils.validation import load_image
 
     # cheap checks first: loading a model takes seconds
     if not Path(args.model).is_file():
@@ -483,8 +491,7 @@ def _cmd_predict(args, out):
             s, m = rest.score_and_map(X)
             if args.maps:
                 m = m.astype(np.float16)
-                im = X if pre is not None else [
-                    np.asarray(Image.open(c).convert("RGB")) for c in chunk]
+                im = X if pre is not None else [load_image(c) for c in chunk]
                 return np.asarray(s, dtype=np.float64), list(m), list(im)
             return np.asarray(s, dtype=np.float64), [], []
         return np.asarray(rest.anomaly_score(X), dtype=np.float64), [], []
@@ -600,7 +607,7 @@ def main(argv=None, *, stdout=None):
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
     except (UsageError, UnknownDetectorError, InvalidParameterError, FileNotFoundError,
-            NotADirectoryError, ValueError) as exc:
+            NotADirectoryError, PermissionError, ValueError) as exc:
         if show_tb:
             raise
         print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)

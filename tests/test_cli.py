@@ -396,3 +396,16 @@ def test_resize_crop_matches_the_loaders(tmp_path):
     assert ResizeCrop(resize=None, crop=None).transform(img[None]).shape == (1, 90, 120, 3)
     with pytest.raises(ValueError, match="crop"):
         ResizeCrop(resize=32, crop=48).transform(img[None])
+
+
+def test_fit_shows_coreset_progress(folders, tmp_path, capsys):
+    # `skad fit` reports the coreset selection (the long silent step on large sets);
+    # --quiet hides it, and the saved model is quiet either way
+    for quiet in (False, True):
+        out = tmp_path / f"m{quiet}.skad"
+        argv = ["fit", "--train", str(folders / "cat"), "--detector", "patchcore",
+                "--input-size", str(SIZE), "-o", str(out)] + (["--quiet"] if quiet else [])
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        assert ("PatchCore coreset" in err) is not quiet
+        assert skad.load(out)[-1].verbose is False

@@ -300,6 +300,16 @@ def test_coreset_reproducible_and_distinct():
     np.testing.assert_array_equal(np.sort(greedy_coreset(X, 800, random_state=0)), np.arange(800))
 
 
+def test_coreset_progress_bar(capsys):
+    X = np.random.default_rng(5).normal(size=(800, 30)).astype(np.float32)
+    quiet = greedy_coreset(X, 100, projection_dim=16, random_state=0)
+    assert capsys.readouterr().err == ""
+    shown = greedy_coreset(X, 100, projection_dim=16, random_state=0, verbose="my coreset")
+    np.testing.assert_array_equal(shown, quiet)  # the bar changes nothing
+    err = capsys.readouterr().err
+    assert "my coreset" in err and "/100" in err
+
+
 def test_coreset_covers_better_than_random():
     rng = np.random.default_rng(6)
     X = np.r_[rng.normal(size=(990, 5)), rng.normal(size=(10, 5)) + 20].astype(np.float32)

@@ -101,11 +101,13 @@ def test_truncated_file_is_refused(tmp_path):
             skad.load(tmp_path / "cut.skad")
 
 
-def _rewrite_header(path, edit):
+def _rewrite_header(path, edit, recompute_digest=True):
     with zipfile.ZipFile(path) as zf:
         files = {n: zf.read(n) for n in zf.namelist()}
     header = json.loads(files["skad_model.json"])
     edit(header)
+    if recompute_digest:  # as a deliberate editor would
+        header["root_sha256"] = persist._tree_digest(header["root"])
     files["skad_model.json"] = json.dumps(header).encode()
     with zipfile.ZipFile(path, "w") as zf:
         for n, b in files.items():
@@ -170,3 +172,99 @@ def test_save_refuses_functions_and_leaves_no_partial_file(tmp_path):
         skad.load(path)
     back = skad.load(path, trusted=[Local.__module__])
     np.testing.assert_array_equal(back["x"].w, np.arange(3.0))
+
+
+# --------------------------------------------------------------------------- trained models
+def _trained(name):
+    from skad.alignment import ImageAligner
+    from skad.detectors import SMCC, LocalOCC, MemSeg
+
+    ext = PatchFeatureExtractor(input_size=32, device="cpu")
+    return {
+        "smcc": lambda: SMCC(ext, epochs=1, batch_size=4, random_state=0, device="cpu"),
+        "memseg": lambda: MemSeg(ext, n_memory=1, max_iter=2, batch_size=2, top_k=4,
+                                 random_state=0, device="cpu"),
+        "local_occ": lambda: LocalOCC(extractor=ext, epochs=1, batch_size=4, random_state=0,
+                                      device="cpu"),
+        "aligner": lambda: ImageAligner(input_size=16, epochs=2, batch_size=4, random_state=0,
+                                        device="cpu"),
+    }[name]()
+
+
+def _outputs(model, X):
+    if hasattr(model, "score_and_map"):
+        return model.score_and_map(X)
+    return model.transform(X), model.estimate_transforms(X)
+
+
+def _mark_fitted_on_gpu(obj, seen=None):
+    """Record ``cuda:0`` as the fit device of ``obj`` and every fitted object inside it,
+    as a model fitted on a GPU would carry."""
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen or not hasattr(obj, "__dict__"):
+        return
+    seen.add(id(obj))
+    if isinstance(getattr(obj, "device_", None), (torch.device, str)):
+        obj.device_ = torch.device("cuda:0")
+    for v in vars(obj).values():
+        if hasattr(v, "get_params"):
+            _mark_fitted_on_gpu(v, seen)
+
+
+@pytest.mark.parametrize("name", ["smcc", "memseg", "local_occ", "aligner"])
+def test_trained_models_round_trip_and_reload_on_a_cpu_only_machine(name, images, tmp_path,
+                                                                    monkeypatch):
+    import torch
+
+    model = _trained(name).fit(images)
+    expected = _outputs(model, images)
+    back = skad.load(skad.save(model, tmp_path / f"{name}.skad"))
+    assert type(back) is type(model) and repr(back) == repr(model)
+    for a, b in zip(_outputs(back, images), expected):
+        np.testing.assert_array_equal(a, b)
+
+    # a model fitted on a GPU (its recorded devices say cuda:0), reloaded where there is
+    # none: skad.load and joblib both map it to the CPU, with the same outputs
+    _mark_fitted_on_gpu(model)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for how in ("skad", "joblib"):
+        if how == "skad":
+            path = skad.save(model, tmp_path / f"{name}-gpu.skad")
+            with pytest.warns(UserWarning, match="CUDA is not available"):
+                back = skad.load(path)
+        else:
+            joblib.dump(model, tmp_path / f"{name}-gpu.joblib")
+            with pytest.warns(UserWarning, match="CUDA is not available"):
+                back = joblib.load(tmp_path / f"{name}-gpu.joblib")
+        assert back.device_ == torch.device("cpu")
+        for a, b in zip(_outputs(back, images), expected):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_edited_or_damaged_contents_are_refused(tmp_path):
+    # regression (hypothesis suite): a rewritten archive whose header still parsed but
+    # had lost a fitted attribute loaded, and score_samples then raised AttributeError
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    path = skad.save(PaDiM(device="cpu").fit(X), tmp_path / "m.skad")
+
+    def drop_cholesky(h):
+        h["root"]["state"]["v"] = [kv for kv in h["root"]["state"]["v"]
+                                   if kv[0] != "cholesky_"]
+
+    _rewrite_header(path, drop_cholesky, recompute_digest=False)
+    with pytest.raises(persist.ModelFileError, match="object tree does not match"):
+        skad.load(path)
+    # an array replaced by another valid .npy
+    path = skad.save(PaDiM(device="cpu").fit(X), tmp_path / "m2.skad")
+    with zipfile.ZipFile(path) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.zeros(3), allow_pickle=False)
+    files["a1.npy"] = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in files.items():
+            zf.writestr(n, b)
+    with pytest.raises(persist.ModelFileError, match="array 'a1' does not match"):
+        skad.load(path)

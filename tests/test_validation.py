@@ -103,6 +103,22 @@ def test_check_patches():
         check_patches(np.zeros((3, 4)), allow_2d=False)
     with pytest.raises(ValueError, match=r"\(n, C, h, w\)"):
         check_patches(np.zeros((2, 3, 4, 5, 6)))
+    # regression (hypothesis suite): zero-size patch maps reached the detectors and
+    # ended in a ZeroDivisionError
+    with pytest.raises(ValueError, match=r"X: patch maps of spatial size \(0, 0\)"):
+        check_patches(np.zeros((2, 1, 0, 0), np.uint16))
+
+
+def test_patch_detectors_name_X_in_scikit_learn_errors():
+    # regression (hypothesis suite): scikit-learn's own messages for 0-d / empty 2-D
+    # input did not say which input was wrong
+    from skad.detectors import NPad, PaDiM
+
+    with pytest.raises(ValueError, match=r"^X: Expected 2D array, got scalar"):
+        PaDiM(device="cpu").fit(np.array(0.0))
+    det = NPad(device="cpu", random_state=0).fit(np.random.default_rng(0).normal(size=(8, 3)))
+    with pytest.raises(ValueError, match=r"^X: Found array with 0 sample"):
+        det.score_samples(np.zeros((0, 0)))
 
 
 def test_labels_and_masks():

@@ -118,6 +118,7 @@ def greedy_coreset(
     leaf_size=64,
     n_candidates=1024,
     chunk_size=1024,
+    verbose=False,
 ):
     """Indices of a greedy k-center coreset of the rows of ``X`` (PatchCore, Alg. 1).
 
@@ -139,6 +140,10 @@ def greedy_coreset(
         Candidates per lazy batch.
     chunk_size : int, default=1024
         Rows per product of the batch update (rounded to whole blocks).
+    verbose : bool or str, default=False
+        A tqdm bar over the centers selected (a str: the bar's label). The selection is
+        the long silent step of a PatchCore fit on a large set (tens of seconds for
+        bottle's 164k patches on 2 loaded cores).
 
     ``leaf_size``, ``n_candidates`` and ``chunk_size`` are speed knobs: the
     selection does not depend on them (up to float rounding of near-ties).
@@ -213,7 +218,9 @@ def greedy_coreset(
 
         selected = [int(flat_pos[start])]  # flat (block-order) positions
         pending = selected[:]
+        bar = _progress(verbose, n_select)
         while True:
+            bar.update(len(selected) - bar.n)
             # update every point with the pending centers, pruned by the block bound
             P = torch.tensor(pending, dtype=torch.int64, device=dev)
             C, cc = X_flat[P], sq_flat[P]
@@ -246,5 +253,14 @@ def greedy_coreset(
                 d2 = torch.addmv(sqc, Zc, c, alpha=-2.0).add_(torch.dot(c, c))
                 torch.minimum(cv, d2, out=cv)
                 cv[j] = -float("inf")
+        bar.close()
         idx = flat_order[torch.tensor(selected, dtype=torch.int64, device=dev)]
     return idx.cpu().numpy()
+
+
+def _progress(verbose, total):
+    """A tqdm bar (disabled unless ``verbose``) counting selected centers."""
+    from tqdm.auto import tqdm
+
+    desc = verbose if isinstance(verbose, str) else "coreset"
+    return tqdm(total=total, desc=desc, unit="center", disable=not verbose, leave=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils.validation import load_image
+from ..utils.validation import load_image, open_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -101,18 +101,10 @@ def _apply_geometry(im, resize, crop, resample, path):
     return im
 
 
-def _open(path):
-    from PIL import Image, UnidentifiedImageError
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path!r}")
-    try:
-        im = Image.open(path)
-        im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {path!r}: {exc}") from exc
-    return im
+def _open(path, mode=None):
+    with open_image(path) as im:
+        im.load()  # decoded now: the pixels stay after the file is closed
+        return im if mode is None else im.convert(mode)
 
 
 def read_image(path, *, resize=None, crop=None, interpolation="bilinear", mode="RGB"):
@@ -130,7 +122,7 @@ def read_image(path, *, resize=None, crop=None, interpolation="bilinear", mode="
         "lanczos": Image.LANCZOS,
         "nearest": Image.NEAREST,
     }[interpolation]
-    im = _open(path).convert(mode)
+    im = _open(path, mode)
     return np.asarray(_apply_geometry(im, resize, crop, resample, os.fspath(path)))
 
 
@@ -180,16 +172,8 @@ def image_size_of(path):
 
 
 def _open_header(path):
-    from PIL import Image, UnidentifiedImageError
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path!r}")
-    try:
-        with Image.open(path) as im:
-            return im
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {path!r}: {exc}") from exc
+    with open_image(path) as im:
+        return im
 
 
 def list_images(folder, *, what="image folder"):

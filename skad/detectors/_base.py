@@ -612,7 +612,15 @@ class PatchDetectorMixin:
             validate_data(self, X4, reset=reset, allow_nd=True, dtype=np.float32,
                           ensure_all_finite=False)
         else:
-            X2 = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+            try:
+                X2 = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+            except (ValueError, TypeError) as exc:
+                # scikit-learn's messages ("Found array with 0 sample(s) ...", "Expected
+                # 2D array, got scalar array instead") do not always say which input
+                msg = str(exc)
+                if msg.startswith("X"):
+                    raise
+                raise type(exc)(f"X: {msg}") from exc
             X4 = np.ascontiguousarray(X2, dtype=np.float32)[:, :, None, None]
         if reset:
             self.patch_shape_ = tuple(int(s) for s in X4.shape[2:])

@@ -121,6 +121,9 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         Where the neighbour search and coreset run ("auto": CUDA when available).
     random_state : int, RandomState instance or None, default=None
         Seeds the coreset selection (the only stochastic step).
+    verbose : bool, default=False
+        A progress bar over the coreset selection in ``fit`` (the long step on large
+        training sets; ``skad fit`` turns it on).
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` from the training scores (computed with the exclusion above).
         "auto": a sample is anomalous when its image anomaly score exceeds the training
@@ -276,6 +279,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
         **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -294,6 +298,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         calibration="auto",
         false_alarm_rate=None,
         sigma=4.0,
+        verbose=False,
     ):
         self.n_neighbors = n_neighbors
         self.coreset_ratio = coreset_ratio
@@ -304,6 +309,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         self.nn_method = nn_method
         self.device = device
         self.random_state = random_state
+        self.verbose = verbose
         self.contamination = contamination
         self.calibration = calibration
         self.false_alarm_rate = false_alarm_rate
@@ -329,6 +335,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
                 projection_dim=self.projection_dim,
                 random_state=seed_from(rng),
                 device=device,
+                verbose="PatchCluster coreset" if self.verbose else False,
             )
             selected = np.sort(np.asarray(selected, dtype=np.int64))
         else:

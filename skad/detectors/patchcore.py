@@ -95,6 +95,9 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         available).
     random_state : int, RandomState instance or None, default=None
         Seeds the coreset (projection and start point) and the approximate index.
+    verbose : bool, default=False
+        A progress bar over the coreset selection in ``fit`` (the long step on large
+        training sets; ``skad fit`` turns it on).
 
     Attributes
     ----------
@@ -184,6 +187,7 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         "n_probe": [Interval(Integral, 1, None, closed="left")],
         **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -203,6 +207,7 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         device="auto",
         random_state=None,
         exclude_self="deprecated",
+        verbose=False,
     ):
         self.coreset_ratio = coreset_ratio
         self.n_neighbors = n_neighbors
@@ -218,6 +223,7 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.sigma = sigma
         self.device = device
         self.random_state = random_state
+        self.verbose = verbose
 
     def _fit(self, X):
         rng = check_random_state(self.random_state)
@@ -246,7 +252,7 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         if n_select < len(rows):
             idx = greedy_coreset(
                 rows, n_select, projection_dim=self.projection_dim, random_state=rng,
-                device=device,
+                device=device, verbose="PatchCore coreset" if self.verbose else False,
             )
         else:
             idx = np.arange(len(rows), dtype=np.int64)

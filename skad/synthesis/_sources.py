@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.utils import check_random_state
 
+from ..utils.validation import open_image
 from ._noise import _check_shape, _noise_field
 
 __all__ = [
@@ -259,24 +260,21 @@ class ImageFolderSource:
 
 
 def _load_window(path, h, w, rng):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            iw, ih = im.size
-            # largest window with the target aspect ratio, at a random position
-            scale = min(iw / w, ih / h)
-            cw, ch = max(1, min(iw, int(round(w * scale)))), max(1, min(ih, int(round(h * scale))))
-            x0 = rng.randint(0, iw - cw + 1)
-            y0 = rng.randint(0, ih - ch + 1)
-            # JPEG: decode at the smallest reduced scale that keeps the window >= (w, h)
-            im.draft("RGB", (max(w, -(-iw * w // cw)), max(h, -(-ih * h // ch))))
-            fx, fy = im.size[0] / iw, im.size[1] / ih
-            box = (x0 * fx, y0 * fy, (x0 + cw) * fx, (y0 + ch) * fy)
-            out = im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR, box=box)
-            return np.asarray(out)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {path!r}: {exc}") from exc
+    with open_image(path) as im:
+        iw, ih = im.size
+        # largest window with the target aspect ratio, at a random position
+        scale = min(iw / w, ih / h)
+        cw, ch = max(1, min(iw, int(round(w * scale)))), max(1, min(ih, int(round(h * scale))))
+        x0 = rng.randint(0, iw - cw + 1)
+        y0 = rng.randint(0, ih - ch + 1)
+        # JPEG: decode at the smallest reduced scale that keeps the window >= (w, h)
+        im.draft("RGB", (max(w, -(-iw * w // cw)), max(h, -(-ih * h // ch))))
+        fx, fy = im.size[0] / iw, im.size[1] / ih
+        box = (x0 * fx, y0 * fy, (x0 + cw) * fx, (y0 + ch) * fy)
+        out = im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(out)
 
 
 def resolve_source(source, name):

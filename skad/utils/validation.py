@@ -9,7 +9,10 @@ Every error names the parameter, what was given and what was expected.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -20,6 +23,7 @@ __all__ = [
     "labels_from_y",
     "load_image",
     "masks_from_y",
+    "open_image",
 ]
 
 _IMAGE_HINT = (
@@ -42,6 +46,70 @@ def _is_path_sequence(X) -> bool:
     )
 
 
+def _decode_errors():
+    from PIL import Image, UnidentifiedImageError
+
+    # what Pillow raises on a damaged, truncated or hostile file: OSError ("image file is
+    # truncated", "broken data stream"), SyntaxError (bad headers), ValueError / struct /
+    # zlib / index errors from decoders fed garbage, and DecompressionBombError (a header
+    # declaring more pixels than Image.MAX_IMAGE_PIXELS: a huge image or an attack)
+    return (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, KeyError,
+            IndexError, TypeError, ZeroDivisionError, struct.error, zlib.error,
+            Image.DecompressionBombError)
+
+
+@contextmanager
+def open_image(path):
+    """Open an image file with Pillow; any failure to decode it is a ``ValueError``.
+
+    The one place skad opens image files (loaders, ``check_images`` paths, texture
+    folders, the CLI), so a damaged, truncated, zero-byte or huge file gives the same
+    error naming the file everywhere. Decode inside the ``with`` block (``load``,
+    ``convert``, ``resize``): errors raised there are converted too.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Yields
+    ------
+    image : PIL.Image.Image
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file cannot be decoded ("cannot read image file '<path>': <why>"),
+        including images over Pillow's ``Image.MAX_IMAGE_PIXELS`` (decompression bombs).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from PIL import Image
+    >>> from skad.utils.validation import open_image
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.png")
+    >>> Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(p)
+    >>> with open_image(p) as im:
+    ...     im.size
+    (5, 4)
+    """
+    from PIL import Image
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image file not found: {path!r}")
+    try:
+        with Image.open(path) as im:
+            yield im
+    except _decode_errors() as exc:
+        if isinstance(exc, FileNotFoundError):  # removed while reading
+            raise
+        hint = (" (raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
+                if isinstance(exc, Image.DecompressionBombError) else "")
+        raise ValueError(f"cannot read image file {path!r}: {exc}{hint}") from exc
+
+
 def load_image(path, *, mode: str = "RGB") -> np.ndarray:
     """Decode one image file to a uint8 array ``(H, W, 3)`` (or ``(H, W)`` for mode "L").
 
@@ -61,7 +129,9 @@ def load_image(path, *, mode: str = "RGB") -> np.ndarray:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file cannot be decoded as an image (the message names the file).
+        If the file cannot be decoded (the message names the file): damaged,
+        truncated, empty, a folder, or more pixels than Pillow's decompression-bomb
+        limit.
 
     Examples
     --------
@@ -73,17 +143,9 @@ def load_image(path, *, mode: str = "RGB") -> np.ndarray:
     >>> load_image(p).shape
     (4, 5, 3)
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image file not found: {path!r}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {path!r}: {exc}") from exc
+    with open_image(path) as im:
+        im.load()
+        return np.asarray(im.convert(mode))
 
 
 class ImageSet:
@@ -324,6 +386,11 @@ def check_patches(X, *, name: str = "X", allow_2d: bool = True) -> np.ndarray:
         raise ValueError(f"{name}: empty set: got 0 samples (shape {arr.shape}); at least 1 is required")
     if arr.shape[1] == 0:
         raise ValueError(f"{name}: got 0 features/channels (shape {arr.shape}); at least 1 is required")
+    if arr.shape[2] == 0 or arr.shape[3] == 0:
+        raise ValueError(
+            f"{name}: patch maps of spatial size {arr.shape[2:]} (shape {arr.shape}); "
+            "expected h, w >= 1"
+        )
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: input contains NaN or infinity")
