@@ -339,6 +339,7 @@ def run_benchmark(
     command="",
     verbose=True,
     extractor_params=None,
+    recipes=True,
 ):
     """Fit and score every detector on features extracted once, and measure them.
 
@@ -370,6 +371,11 @@ def run_benchmark(
         Progress bars (feature extraction, detectors).
     extractor_params : dict, optional
         Extra :class:`~skad.features.PatchFeatureExtractor` parameters.
+    recipes : bool, default=True
+        Give a patch detector with a feature recipe (``DetectorSpec.features``, e.g.
+        PaDiM's ``pooling=1, upsample="nearest"``) features extracted with it (once per
+        distinct recipe; shown in its row's parameters as ``features``); ``False``:
+        every patch detector gets the shared features.
 
     Returns
     -------
@@ -388,7 +394,8 @@ def run_benchmark(
     """
     from .features import PatchFeatureExtractor
     from .pipeline import make_pipeline
-    from .registry import available_detectors, get_detector, make_detector_steps
+    from .registry import (available_detectors, get_detector, make_detector_steps,
+                           recipe_extractor)
 
     if setting not in SETTINGS:
         raise ValueError(f"setting: expected one of {SETTINGS}; got {setting!r}")
@@ -408,7 +415,8 @@ def run_benchmark(
     t0 = time.perf_counter()
     fit_feats = extractor.transform(fit_images)
     extract_fit_s = time.perf_counter() - t0
-    if blind and fit_images is eval_images:
+    same_set = blind and fit_images is eval_images
+    if same_set:
         # the scored set is the fitted set: its extraction is part of "predict" too
         eval_feats, extract_eval_s = fit_feats, extract_fit_s
     else:
@@ -419,6 +427,19 @@ def run_benchmark(
     output_size = tuple(int(s) for s in eval_images.shape[1:3])
     labels = None if labels is None else np.asarray(labels).astype(int)
     masks = None if masks is None else np.asarray(masks).astype(np.uint8)
+
+    shared = {(): (fit_feats, eval_feats)}  # features per feature recipe
+
+    def recipe_features(name):
+        ext = recipe_extractor(name, extractor, specs)
+        key = tuple(sorted((k, repr(v)) for k, v in get_detector(name, specs).features.items()))
+        if ext is extractor:
+            key = ()
+        if key not in shared:
+            ext.fit(fit_images)
+            fit = ext.transform(fit_images)
+            shared[key] = (fit, fit if same_set else ext.transform(eval_images))
+        return key, shared[key]
 
     runs = []
     memory_method = None
@@ -433,10 +454,13 @@ def run_benchmark(
         spec = get_detector(name, specs)
         run = DetectorRun(spec.name, _changed_params(steps[-1]), input=spec.input)
         head = make_pipeline(*steps) if len(steps) > 1 else steps[0]
-        # patch detectors share the features; image detectors hold their own extractor
-        X_fit, X_eval = (
-            (fit_feats, eval_feats) if spec.input == "patches" else (fit_images, eval_images)
-        )
+        # patch detectors share the features (one set per feature recipe); image
+        # detectors hold their own extractor
+        X_fit, X_eval = fit_images, eval_images
+        if spec.input == "patches":
+            key, (X_fit, X_eval) = recipe_features(name) if recipes else ((), shared[()])
+            if key:
+                run.params["features"] = ", ".join(f"{k}={v}" for k, v in key)
         try:
             with PeakMemory() as mem:
                 t0 = time.perf_counter()

@@ -31,6 +31,7 @@ __all__ = [
     "get_detector",
     "make_detector_steps",
     "make_model",
+    "recipe_extractor",
     "suggest",
 ]
 
@@ -60,6 +61,17 @@ _FAST_DEFAULTS = {
     "patchcluster": {"coreset_ratio": 0.25},
     "memseg": {"max_iter": 100},
     "local_occ": {"epochs": 2},
+}
+
+# Features a detector's method expects, where they differ from the extractor's defaults
+# (its paper's features, chosen by measurement on every shared data set:
+# benchmarks/results/defaults.md). make_model and skad.report.run_benchmark set them on a
+# clone of the run's extractor, so a plain `skad benchmark` gives each detector its
+# configuration; pass ``recipe=False`` to use the extractor as given.
+_FEATURE_RECIPES = {
+    # PaDiM's reference code: no local pooling, coarse layers repeated over the finer
+    # cells they cover (nearest), all channels of the chosen layers
+    "padim": {"pooling": 1, "upsample": "nearest"},
 }
 
 _SUMMARIES = {
@@ -101,6 +113,11 @@ class DetectorSpec:
         What the detector consumes: patch tensors from the shared feature extractor
         (every :class:`~skad.detectors.PatchDetectorMixin` detector), or images (a
         detector that holds its own extractor, e.g. one that fine-tunes it).
+    features : dict
+        The detector's feature recipe: :class:`~skad.features.PatchFeatureExtractor`
+        parameters its method expects where they differ from the extractor's defaults
+        (e.g. PaDiM: ``{"pooling": 1, "upsample": "nearest"}``); empty when the defaults
+        suit it. :func:`make_model` applies it (see :func:`recipe_extractor`).
     """
 
     name: str
@@ -109,6 +126,7 @@ class DetectorSpec:
     summary: str = ""
     defaults: dict = field(default_factory=dict)
     input: str = "patches"
+    features: dict = field(default_factory=dict)
 
     @property
     def has_maps(self) -> bool:
@@ -189,7 +207,8 @@ def available_detectors():
         estimator, applied = _with_defaults(estimator, _FAST_DEFAULTS.get(name, {}))
         summary = _SUMMARIES.get(name) or (inspect.getdoc(cls) or cls.__name__).splitlines()[0]
         kind = "patches" if issubclass(cls, PatchDetectorMixin) else "images"
-        specs[name] = DetectorSpec(name, estimator, (), summary, applied, kind)
+        specs[name] = DetectorSpec(name, estimator, (), summary, applied, kind,
+                                   dict(_FEATURE_RECIPES.get(name, {})))
     specs["lof"] = DetectorSpec(
         "lof",
         LocalOutlierFactor(novelty=True),
@@ -353,7 +372,42 @@ def make_detector_steps(name, *, params=None, random_state=None, blind=False, sp
     return steps
 
 
-def make_model(name, extractor, *, params=None, random_state=None, blind=False, specs=None):
+def recipe_extractor(name, extractor, specs=None):
+    """``extractor`` with the feature recipe of detector ``name`` applied.
+
+    Parameters
+    ----------
+    name : str
+        Registered detector name.
+    extractor : PatchFeatureExtractor
+        The run's extractor (fitted or not; not modified).
+
+    Returns
+    -------
+    extractor : PatchFeatureExtractor
+        ``extractor`` itself when the detector has no recipe (or the extractor already
+        follows it), else an unfitted clone with the recipe's parameters set.
+
+    Examples
+    --------
+    >>> from skad.features import PatchFeatureExtractor
+    >>> from skad.registry import recipe_extractor
+    >>> ext = recipe_extractor("padim", PatchFeatureExtractor())
+    >>> ext.pooling, ext.upsample
+    (1, 'nearest')
+    >>> base = PatchFeatureExtractor()
+    >>> recipe_extractor("patchcore", base) is base
+    True
+    """
+    recipe = get_detector(name, specs).features
+    own = extractor.get_params(deep=False)
+    if not recipe or all(own.get(k) == v for k, v in recipe.items()):
+        return extractor
+    return clone(extractor).set_params(**recipe)
+
+
+def make_model(name, extractor, *, params=None, random_state=None, blind=False, specs=None,
+               recipe=True):
     """A full :class:`~skad.pipeline.AnomalyPipeline`: ``extractor`` then the detector.
 
     A detector whose spec takes images (``input="images"``) holds its own extractor:
@@ -369,6 +423,10 @@ def make_model(name, extractor, *, params=None, random_state=None, blind=False, 
         fitted or not.
     params, random_state, blind, specs
         As :func:`make_detector_steps`.
+    recipe : bool, default=True
+        Apply the detector's feature recipe (``DetectorSpec.features``, e.g. PaDiM's
+        ``pooling=1, upsample="nearest"``) to a clone of ``extractor``
+        (:func:`recipe_extractor`); ``False`` uses ``extractor`` as given.
 
     Returns
     -------
@@ -381,9 +439,13 @@ def make_model(name, extractor, *, params=None, random_state=None, blind=False, 
     >>> pipe = make_model("lof", PatchFeatureExtractor())
     >>> [n for n, _ in pipe.steps]
     ['patchfeatureextractor', 'globalpool', 'localoutlierfactor']
+    >>> make_model("padim", PatchFeatureExtractor())[0].pooling   # PaDiM's recipe
+    1
     """
     from .pipeline import make_pipeline
 
+    if recipe and get_detector(name, specs).input == "patches":
+        extractor = recipe_extractor(name, extractor, specs)
     steps = make_detector_steps(
         name, params=params, random_state=random_state, blind=blind, specs=specs,
         extractor=extractor,

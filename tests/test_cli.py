@@ -379,6 +379,39 @@ def test_registry_blind_sets_exclude():
     assert n_blind >= 3  # PatchCore, SPADE, PatchCluster
 
 
+def test_registry_feature_recipes():
+    from skad.features import PatchFeatureExtractor
+
+    specs = registry.available_detectors()
+    assert specs["padim"].features == {"pooling": 1, "upsample": "nearest"}
+    assert specs["patchcore"].features == {}
+    base = PatchFeatureExtractor(input_size=64, normalize="lite")
+    ext = registry.recipe_extractor("padim", base, specs)
+    assert ext is not base and (ext.pooling, ext.upsample) == (1, "nearest")
+    assert (base.pooling, base.upsample) == (3, "bilinear")        # not modified
+    assert ext.input_size == 64 and ext.normalize == "lite"          # the rest is kept
+    assert registry.recipe_extractor("patchcore", base, specs) is base
+    follows = PatchFeatureExtractor(pooling=1, upsample="nearest")
+    assert registry.recipe_extractor("padim", follows, specs) is follows
+    pipe = registry.make_model("padim", base, specs=specs)
+    assert (pipe[0].pooling, pipe[0].upsample) == (1, "nearest")
+    assert registry.make_model("padim", base, specs=specs, recipe=False)[0] is base
+
+
+def test_run_benchmark_gives_padim_its_recipe_features():
+    from skad.report import run_benchmark
+
+    data = make_synthetic(n_train=6, n_test=6, image_size=64, random_state=0)
+    res = run_benchmark(data, ["padim", "patchcore"], input_size=64, verbose=False)
+    params = {r.name: r.params for r in res.runs}
+    assert params["padim"]["features"] == "pooling=1, upsample='nearest'"
+    assert "features" not in params["patchcore"]
+    off = run_benchmark(data, ["padim"], input_size=64, verbose=False, recipes=False)
+    assert "features" not in off.runs[0].params
+    # different features, so different scores
+    assert not np.allclose(res.runs[0].scores, off.runs[0].scores)
+
+
 def test_resize_crop_matches_the_loaders(tmp_path):
     from skad.datasets._io import read_image
 
