@@ -122,13 +122,20 @@ def test_loss_matches_equation_5():
     ({"target": "vector"}, "target"),
     ({"margin": 0}, "margin"),
     ({"dgm_ratio": 1.5}, "dgm_ratio"),
-    ({"n_components": 10_000}, "n_components"),
+    ({"n_components": 0}, "n_components"),
     ({"downsample": 0}, "downsample"),
     ({"dgm": "dgm"}, "dgm"),
 ])
 def test_parameter_errors(data, params, match):
     with pytest.raises(ValueError, match=match):
         _det(max_iter=1, **params).fit(data[0])
+
+
+def test_too_many_components_are_clipped(data):
+    # the clip-or-raise rule (skad.detectors.clip_to_data): more than the mixed channels
+    with pytest.warns(UserWarning, match="n_components=10000 exceeds the"):
+        det = _det(max_iter=1, n_components=10_000).fit(data[0])
+    assert det.n_components_ == det.projection_.shape[0] == det.projection_.shape[1]
 
 
 def test_input_errors(data, fitted):

@@ -151,7 +151,11 @@ def test_input_validation(fitted, data):
     with pytest.raises(ValueError, match="losses"):
         _smcc(losses=()).fit(data.train_images)
     with pytest.raises(ValueError, match="n_neighbors"):
-        _smcc(n_neighbors=10_000, self_update=False, memory_size=1).fit(data.train_images)
+        _smcc(n_neighbors=0, self_update=False, memory_size=1).fit(data.train_images)
+    # too many for the memory: clipped (skad.detectors.clip_to_data), value in n_neighbors_
+    with pytest.warns(UserWarning, match="n_neighbors=10000 exceeds the"):
+        det = _smcc(n_neighbors=10_000, self_update=False, memory_size=1).fit(data.train_images)
+    assert det.n_neighbors_ == len(det.memory_)  # one memory image: nothing left out
     with pytest.raises(ValueError, match="device"):
         _smcc(device="tpu").fit(data.train_images)
 
