@@ -82,7 +82,17 @@ def expect_clean(fn, *args, names=("X",), inputs=(), allow=(), **kwargs):
         out = exc
     for a, b in zip(inputs, before):
         np.testing.assert_array_equal(np.asarray(a), b, err_msg="input array was changed")
+    _label("error" if isinstance(out, Exception) else "result")
     return out
+
+
+def _label(outcome):
+    """Count outcomes in --hypothesis-show-statistics (results vs documented errors)."""
+    from hypothesis import event
+    from hypothesis.control import _current_build_context
+
+    if _current_build_context.value is not None:  # inside a @given test
+        event(outcome)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -333,12 +343,32 @@ def test_load_image_on_damaged_files(tmp_path_factory, data, suffix):
         assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[-1] == 3
 
 
+def _png_header_only(width, height):
+    """A tiny PNG file that declares ``width x height`` pixels (its data is cut short)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
 def test_load_image_on_a_decompression_bomb(tmp_path):
-    # a PNG that declares 30000 x 30000 pixels (900 Mpx, over Pillow's bomb limit)
+    # regression: a file declaring 30000 x 30000 pixels (900 Mpx, over Pillow's bomb
+    # limit) raised PIL's DecompressionBombError from every reader
+    from skad.datasets._io import read_image
+
     p = tmp_path / "huge.png"
-    Image.new("L", (30000, 30000)).save(p, optimize=False)
-    err = expect_clean(load_image, p, names=(str(p),))
-    assert isinstance(err, ValueError) and "pixels" in str(err)
+    p.write_bytes(_png_header_only(30000, 30000))
+    for reader in (load_image, lambda q: read_image(q, resize=16)):
+        err = expect_clean(reader, p, names=(str(p),))
+        assert isinstance(err, ValueError) and "pixels" in str(err)
+    err = expect_clean(check_images([p]).batch, [0], names=(str(p),))
+    assert isinstance(err, ValueError)
 
 
 def test_load_image_on_folders_and_missing_files(tmp_path):
