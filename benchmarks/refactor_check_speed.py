@@ -1,5 +1,5 @@
 """Old (011824d) vs wt18 PatchCore 10 % / PatchCluster 25 % scoring, alternated in one process."""
-import sys, time, json, warnings
+import sys, time, json
 import numpy as np
 sys.path.insert(0, "/tmp/skad18_oldpkg")
 sys.path.insert(0, "/work/wt18/benchmarks")
