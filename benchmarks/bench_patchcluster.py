@@ -252,17 +252,20 @@ def blind_methods(stage, setting, X, labels, masks, methods, extra):
         core = PatchCore(coreset_ratio=0.1, nn_method="exact", random_state=SEED,
                          device="cpu").fit(X)
         fit_s = time.perf_counter() - t0
-        for excl in (False, True):
-            # exclude_self only changes scoring (2nd nearest bank patch), not the fit
-            core.set_params(exclude_self=excl)
+        for excl in (None, "self"):
+            # exclude only changes scoring (2nd nearest bank patch), not the bank: the
+            # fitted bank is reused, the blind mode resolved as fit would (exclude_ is
+            # fixed in fit since issue 18, so set_params alone no longer switches it)
+            core.set_params(exclude=excl)
+            core._fit_exclude()
             t1 = time.perf_counter()
             s, m = core.anomaly_score(X), core.anomaly_map(X)
-            name = "PatchCore-10%" + (" exclude_self" if excl else "")
+            name = "PatchCore-10%" + (" exclude_self" if excl else "")  # earlier rows' name
             record(stage, setting, name, evaluate(s, m, labels, masks),
                    fit_s + time.perf_counter() - t1, nn_method=core.nn_method_, **extra)
     if "spade" in methods:
         def spade():
-            det = SPADE(exclude_self=True, device="cpu").fit(X)
+            det = SPADE(exclude="self", device="cpu").fit(X)
             return det.anomaly_score(X), det.anomaly_map(X)
         run_method(stage, setting, "SPADE (own image excluded)", spade, labels, masks, **extra)
     if "padim" in methods:
