@@ -287,7 +287,9 @@ def whitened_distances(X, means, whiten, *, working_memory=256, device=None):
     with torch.inference_mode():
         for s in range(0, n, step):
             e = min(s + step, n)
-            diff = (Xt[s:e] - mu).permute(1, 2, 0)  # (P, d, c): centred first (no cancellation)
-            z = torch.bmm(W, diff)
-            out[s:e] = torch.linalg.vector_norm(z, dim=1).T
+            # centred first (no cancellation); z = (x - mu) W^T, (P, c, d): each row's
+            # norm is over contiguous memory
+            diff = (Xt[s:e] - mu).transpose(0, 1)
+            z = torch.bmm(diff, W.transpose(1, 2))
+            out[s:e] = z.square_().sum(2).sqrt_().T
     return out
