@@ -538,3 +538,33 @@ def test_lloyd_and_partitioned_kmeans():
         partitioned_kmeans(X, 0)
     with pytest.raises(ValueError, match="cell_size"):
         partitioned_kmeans(X, 10, cell_size=0)
+
+
+@pytest.mark.parametrize("method", ["exact", "cells"])
+def test_index_query_allowed_pairs(method):
+    from skad._kernels.ann import build_index
+
+    rng = np.random.default_rng(13)
+    bank = rng.normal(size=(3000, 8)).astype(np.float32)
+    bg = np.repeat(np.arange(30), 100)  # 30 "images" of 100 rows
+    q = (bank[rng.choice(3000, 400)] + 0.05 * rng.normal(size=(400, 8))).astype(np.float32)
+    qg = np.repeat(np.arange(4), 100)
+    allowed = np.zeros((4, 30), bool)
+    for g in range(4):
+        allowed[g, rng.choice(30, 7, replace=False)] = True
+    index = build_index(bank, method=method, random_state=0)
+    d, i = index.query(q, 2, query_groups=qg, bank_groups=bg, allowed=allowed)
+    assert np.all(allowed[qg[:, None], bg[i]])  # only allowed rows
+    ref = np.empty_like(d)
+    for g in range(4):
+        cols = np.flatnonzero(allowed[g][bg])
+        ref[qg == g] = knn_search(q[qg == g], bank[cols], 2)[0]
+    # exact distances to the rows returned, never below the true ones
+    np.testing.assert_allclose(d, np.linalg.norm(q[:, None] - bank[i], axis=2), rtol=1e-5)
+    assert np.all(d >= ref - 1e-5)
+    recall = np.mean(np.isclose(d[:, 0], ref[:, 0], rtol=1e-5))
+    assert recall == 1.0 if method == "exact" else recall > 0.8
+    with pytest.raises(ValueError, match="allowed"):
+        index.query(q, 2, query_groups=qg, bank_groups=bg, allowed=allowed[:2])
+    with pytest.raises(ValueError, match="exceeds"):
+        index.query(q, 800, query_groups=qg, bank_groups=bg, allowed=allowed)
