@@ -38,9 +38,12 @@ def features(n):
 
 
 def child(n, calibration, threads):
+    import _common  # noqa: F401  (puts this checkout's skad first on the path)
     import torch
 
     import skad.detectors.npad as N
+
+    print("skad", N.__file__, file=sys.stderr)
 
     torch.set_num_threads(threads)
     X = features(n)
