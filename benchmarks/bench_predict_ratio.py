@@ -56,8 +56,10 @@ def child(args):
     test = C.cached_features(data.test_images, "bottle_test", **p)
     ext = C._extractor(**p).fit(data.test_images[:1])
     ext.transform(data.test_images[:2])
-    det = make(args.detector, **({} if args.calibration is None
-                                 else {"calibration": args.calibration}))
+    cal = args.calibration
+    if cal is not None and cal not in ("auto", "in_sample", "cv"):
+        cal = float(cal)  # a held-out fraction
+    det = make(args.detector, **({} if cal is None else {"calibration": cal}))
     t = time.perf_counter()
     det.fit(train)
     fit_s = time.perf_counter() - t
