@@ -485,3 +485,96 @@ def test_neighbour_index_matches_brute_force():
                 assert bool(valid[k, y * w + x]) == ok
                 if ok:
                     assert int(idx[k, y * w + x]) == (y + dy) * w + x + dx
+
+
+def test_whitened_distances_match_mahalanobis_on_strided_views():
+    from skad._kernels.gaussian import whitened_distances, whitening_factors
+
+    rng = np.random.default_rng(11)
+    maps = rng.normal(size=(30, 6, 4, 5)).astype(np.float32)  # (n, d, h, w)
+    # (n, P, d) view of channels-first maps: d-stride P (the layout N-pad passes)
+    view = torch.from_numpy(maps).permute(0, 2, 3, 1).reshape(30, 20, 6)
+    assert view.stride(2) != 1
+    mu, cov = fit_gaussians(view, eps=0.01)
+    mu_c, cov_c = fit_gaussians(view.contiguous(), eps=0.01)
+    np.testing.assert_allclose(cov, cov_c, rtol=1e-5, atol=1e-6)
+    L = cholesky_factors(cov)
+    W = whitening_factors(L)
+    np.testing.assert_allclose(W @ L, np.broadcast_to(np.eye(6), W.shape), atol=1e-4)
+    assert np.all(np.triu(W, 1) == 0)
+    q = torch.from_numpy(rng.normal(size=(7, 6, 4, 5)).astype(np.float32))
+    q = q.permute(0, 2, 3, 1).reshape(7, 20, 6)
+    got = whitened_distances(q, mu, W).numpy()
+    np.testing.assert_allclose(got, mahalanobis(q.contiguous(), mu, L), rtol=1e-4, atol=1e-5)
+    # batch-size independent up to float32 rounding
+    np.testing.assert_allclose(whitened_distances(q, mu, W, working_memory=1e-4).numpy(), got,
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="expected shapes"):
+        whitened_distances(q, mu[:3], W)
+
+
+def test_lloyd_and_partitioned_kmeans():
+    from sklearn.cluster import MiniBatchKMeans
+
+    from skad._kernels.kmeans import lloyd, partitioned_kmeans
+
+    rng = np.random.default_rng(12)
+    centres = rng.normal(scale=20, size=(8, 3))
+    X = (centres[rng.integers(0, 8, 4000)] + rng.normal(size=(4000, 3))).astype(np.float32)
+    c, lab = lloyd(X, 8, n_iter=10, random_state=0)
+    assert c.shape == (8, 3) and lab.shape == (4000,)
+    # labels: the last assignment, before the last move (nearly converged: almost all
+    # rows' nearest centre); more iterations from the same start lower the inertia
+    d = ((X[:, None] - c[None]) ** 2).sum(-1)
+    assert np.mean(d.argmin(1) == lab) > 0.99
+    c1, _ = lloyd(X, 8, n_iter=1, random_state=0)
+    d1 = ((X[:, None] - c1[None]) ** 2).sum(-1)
+    assert d.min(1).sum() <= d1.min(1).sum()
+    # cells: the requested count, deterministic, quantisation close to one global run
+    X = rng.normal(size=(6000, 5)).astype(np.float32)
+    a = partitioned_kmeans(X, 600, cell_size=1000, random_state=0)
+    b = partitioned_kmeans(X, 600, cell_size=1000, random_state=0)
+    assert a.shape == (600, 5)
+    np.testing.assert_array_equal(a, b)
+    glob = partitioned_kmeans(X, 600, cell_size=None, random_state=0)
+    ref = MiniBatchKMeans(n_clusters=600, init="random", n_init=1, batch_size=4096, max_iter=1,
+                          compute_labels=True, random_state=np.random.RandomState(0)).fit(X)
+    np.testing.assert_array_equal(glob, ref.cluster_centers_.astype(np.float32))
+    Xt = rng.normal(size=(2000, 5)).astype(np.float32)
+    err_cells = knn_search(Xt, a, 1)[0].mean()
+    err_glob = knn_search(Xt, glob, 1)[0].mean()
+    assert err_cells < 1.1 * err_glob
+    with pytest.raises(ValueError, match="n_clusters"):
+        partitioned_kmeans(X, 0)
+    with pytest.raises(ValueError, match="cell_size"):
+        partitioned_kmeans(X, 10, cell_size=0)
+
+
+@pytest.mark.parametrize("method", ["exact", "cells"])
+def test_index_query_allowed_pairs(method):
+    from skad._kernels.ann import build_index
+
+    rng = np.random.default_rng(13)
+    bank = rng.normal(size=(3000, 8)).astype(np.float32)
+    bg = np.repeat(np.arange(30), 100)  # 30 "images" of 100 rows
+    q = (bank[rng.choice(3000, 400)] + 0.05 * rng.normal(size=(400, 8))).astype(np.float32)
+    qg = np.repeat(np.arange(4), 100)
+    allowed = np.zeros((4, 30), bool)
+    for g in range(4):
+        allowed[g, rng.choice(30, 7, replace=False)] = True
+    index = build_index(bank, method=method, random_state=0)
+    d, i = index.query(q, 2, query_groups=qg, bank_groups=bg, allowed=allowed)
+    assert np.all(allowed[qg[:, None], bg[i]])  # only allowed rows
+    ref = np.empty_like(d)
+    for g in range(4):
+        cols = np.flatnonzero(allowed[g][bg])
+        ref[qg == g] = knn_search(q[qg == g], bank[cols], 2)[0]
+    # exact distances to the rows returned, never below the true ones
+    np.testing.assert_allclose(d, np.linalg.norm(q[:, None] - bank[i], axis=2), rtol=1e-5)
+    assert np.all(d >= ref - 1e-5)
+    recall = np.mean(np.isclose(d[:, 0], ref[:, 0], rtol=1e-5))
+    assert recall == 1.0 if method == "exact" else recall > 0.8
+    with pytest.raises(ValueError, match="allowed"):
+        index.query(q, 2, query_groups=qg, bank_groups=bg, allowed=allowed[:2])
+    with pytest.raises(ValueError, match="exceeds"):
+        index.query(q, 800, query_groups=qg, bank_groups=bg, allowed=allowed)

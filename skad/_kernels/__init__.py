@@ -13,8 +13,11 @@ The search engine:
 Other kernels:
 
 - :mod:`.coreset`: greedy k-center coreset with random projection (PatchCore);
-- :mod:`.gaussian`: batched Gaussian fitting, Cholesky factors, Mahalanobis distances;
+- :mod:`.gaussian`: batched Gaussian fitting, Cholesky factors and their inverses,
+  Mahalanobis distances;
 - :mod:`.gmm`: weighted GMM EM and sensitivity coresets;
+- :mod:`.kmeans`: Lloyd k-means and k-means with many centres cell by cell (N-pad's
+  memory bank, linear in the rows);
 - :mod:`.spatial`: windows and neighbour indices on a position grid, neighbourhood
   Gaussians (N-pad) and sub-position shifts of feature maps;
 - :mod:`.maps`: anomaly-map upsampling and smoothing.

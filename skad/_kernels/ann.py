@@ -150,11 +150,20 @@ def _row_distances(q, bank, idx, budget):
 FLUSH = 4096
 
 
+def _blocked(qg, bg, allowed):
+    """Bank rows (groups ``bg``) a query of group ``qg`` may not return: the same group,
+    or with ``allowed`` (query group x bank group, bool) the pairs not allowed."""
+    if allowed is None:
+        return bg[None, :] == qg[:, None]
+    return ~allowed[qg[:, None], bg[None, :]]
+
+
 def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_groups=None,
-                 coarse=False):
+                 coarse=False, allowed=None):
     """(distances, indices) of the "cells" search; -1 / inf where a list was too short.
 
-    With groups, candidates sharing the query's group are skipped inside the lists.
+    With groups, candidates sharing the query's group (with ``allowed``: candidates
+    whose group pair is not allowed, :func:`_blocked`) are skipped inside the lists.
     ``coarse``: each query is ranked against its cell's own rows only.
     """
     import torch
@@ -204,7 +213,7 @@ def _query_cells(cells, bank, q, k, working_memory, query_groups=None, bank_grou
             # ||b||^2 - 2 q.b ranks each row's candidates (||q||^2 is constant)
             dist2 = torch.mm(rows, block).numpy()
             if qg is not None:
-                dist2[bank_groups[cand][None, :] == qg[s:e, None]] = np.inf
+                dist2[_blocked(qg[s:e], bank_groups[cand], allowed)] = np.inf
             kk = min(k, nb)
             if kk == 1:
                 part = dist2.argmin(axis=1)[:, None]
@@ -325,7 +334,8 @@ class NeighborIndex:
         idx = np.take_along_axis(idx, order, 1)
         return dist, idx
 
-    def query(self, query, k, *, query_groups=None, bank_groups=None, coarse=False):
+    def query(self, query, k, *, query_groups=None, bank_groups=None, coarse=False,
+              allowed=None):
         """k nearest bank rows of each query row (see :func:`~skad._kernels.knn.knn_search`).
 
         With groups, "cells" skips same-group rows inside its lists; "ivf" and
@@ -339,11 +349,18 @@ class NeighborIndex:
         ranks a query against its cell's own rows only (without the neighbours'
         rows; its recall: ``doc/search.md``); the other searches ignore it.
 
+        ``allowed`` (bool, ``(n_query_groups, n_bank_groups)``, with both group arrays
+        of ids in those ranges) restricts each query to the bank rows whose group pair
+        is allowed instead of excluding its own group (SPADE: a test image's patches
+        against the patches of its nearest training images); "exact" and "cells" only.
+
         Returns
         -------
         distances : ndarray of float32, shape (m, k), ascending
         indices : ndarray of int64, shape (m, k)
         """
+        if allowed is not None:
+            return self._query_allowed(query, k, query_groups, bank_groups, allowed, coarse)
         if self.method_ == "exact":
             return knn_search(
                 query, self.bank_, k, query_groups=query_groups, bank_groups=bank_groups,
@@ -378,6 +395,54 @@ class NeighborIndex:
                 q[short], self.bank_, k, device=self.device,
                 working_memory=self.working_memory, **kw,
             )
+        return dist, idx
+
+    def _query_allowed(self, query, k, query_groups, bank_groups, allowed, coarse):
+        """:meth:`query` restricted to the allowed (query group, bank group) pairs."""
+        if self.method_ not in ("exact", "cells"):
+            raise ValueError(
+                f"allowed: supported by the 'exact' and 'cells' searches; this index is "
+                f"{self.method_!r}"
+            )
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        n = self.bank_.shape[0]
+        if q.ndim != 2 or q.shape[1] != self.bank_.shape[1]:
+            raise ValueError(f"query: expected shape (m, {self.bank_.shape[1]}); got {q.shape}")
+        if query_groups is None or bank_groups is None:
+            raise ValueError("allowed: give query_groups and bank_groups with it")
+        qg, _ = _as_groups(query_groups, len(q), "query_groups", "cpu")
+        bg, _ = _as_groups(bank_groups, n, "bank_groups", "cpu")
+        allowed = np.asarray(allowed, dtype=bool)
+        if (allowed.ndim != 2 or qg.min(initial=0) < 0 or bg.min(initial=0) < 0
+                or qg.max(initial=-1) >= allowed.shape[0]
+                or bg.max(initial=-1) >= allowed.shape[1]):
+            raise ValueError(
+                f"allowed: expected a bool array (n_query_groups, n_bank_groups) indexed "
+                f"by the group ids; got shape {allowed.shape} for query groups up to "
+                f"{int(qg.max(initial=-1))} and bank groups up to {int(bg.max(initial=-1))}"
+            )
+        per_group = allowed.astype(np.int64) @ np.bincount(bg, minlength=allowed.shape[1])
+        if len(q) and per_group[qg].min() < k:
+            raise ValueError(
+                f"k={k} exceeds the number of allowed bank entries for some queries "
+                f"(as few as {int(per_group[qg].min())} of {n})"
+            )
+        k = int(k)
+        if self.method_ == "cells":
+            dist, idx = _query_cells(self._cells, self.bank_, q, k, self.working_memory,
+                                     qg, bg, coarse, allowed)
+            todo = np.flatnonzero(~np.isfinite(dist).all(axis=1))
+        else:
+            dist = np.empty((len(q), k), np.float32)
+            idx = np.empty((len(q), k), np.int64)
+            todo = np.arange(len(q))
+        # exact search of the rest, one query group at a time against its allowed rows
+        for g in np.unique(qg[todo]):
+            rows = todo[qg[todo] == g]
+            cols = np.flatnonzero(allowed[g][bg])
+            dist[rows], local = knn_search(q[rows], self.bank_[cols], k, device=self.device,
+                                           working_memory=self.working_memory)
+            idx[rows] = cols[local]
         return dist, idx
 
 

@@ -204,9 +204,15 @@ def weighted_gaussians(means, covs, weights, *, n_samples, size=3):
     factor = n_samples / max(n_samples - 1, 1)
     new_cov = torch.zeros_like(cov)
     for k in range(len(offsets)):
-        diff = mu[idx[k]] - new_mu
-        wk = wts[k][:, None, None]
-        new_cov += wk * (cov[idx[k]] + factor * diff[:, :, None] * diff[:, None, :])
+        # positions whose weight on this neighbour is exactly 0 (exp(-D_B / beta)
+        # underflows: most of them on aligned images) would add +-0: skipped
+        p = torch.nonzero(wts[k]).squeeze(1)
+        if not len(p):
+            continue
+        q = idx[k, p]
+        diff = mu[q] - new_mu[p]
+        wk = wts[k, p][:, None, None]
+        new_cov[p] += wk * (cov[q] + factor * diff[:, :, None] * diff[:, None, :])
     return new_mu.reshape(h, w, d), new_cov.reshape(h, w, d, d)
 
 

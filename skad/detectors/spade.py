@@ -7,8 +7,9 @@ from numbers import Integral
 import numpy as np
 
 from .._kernels import patch_rows
+from .._kernels.ann import build_index
 from .._kernels.knn import knn_search
-from ..utils._sklearn_compat import Interval
+from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, BlindModeMixin, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
 
@@ -23,6 +24,15 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     mean distance to the ``n_neighbors`` nearest. Pixel level: each test patch is
     compared with every patch of those nearest training images; its score is the
     mean distance to its ``n_pixel_neighbors`` nearest patches.
+
+    The pixel search is exact (``nn_method="exact"``: every test patch against the
+    ``K * h * w`` patches of its image's nearest training images, several GFLOP per
+    image at the defaults) or, by default on the CPU, PatchCore's "cells" search over
+    all training patches restricted to those images
+    (:meth:`~skad._kernels.ann.NeighborIndex.query` with ``allowed``): a miss returns
+    a farther patch of an allowed image, so a pixel can only look more anomalous.
+    Its recall and the accuracy beside the exact search on bottle:
+    ``benchmarks/results/spade_predict_ratio.md``.
 
     Parameters
     ----------
@@ -68,7 +78,10 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     Attributes
     ----------
-    train_patches_ : ndarray of float32, shape (n_train, C, h, w)
+    index_ : NeighborIndex
+        The pixel-level index over all training patches (``index_.bank_``: one row per
+        patch, image by image).
+    nn_method_ : {"exact", "cells"}
     train_pooled_ : ndarray of float32, shape (n_train, C)
     n_neighbors_ : int
         Images used at the image level: ``min(n_neighbors, n_train - 1)`` so that the
@@ -95,8 +108,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       (mean-pooled for images), so SPADE runs on the same features as the other
       detectors.
     - Memory: all training patches, ``4 * n_train * C * h * w`` bytes (209 bottle
-      images x 152 x 28 x 28: 100 MB); the pixel search per test image is
-      ``K * h * w`` gallery rows.
+      images x 152 x 28 x 28: 100 MB), and with "cells" their candidate lists (each
+      row about 2-4 times more).
     - Training scores for ``offset_`` exclude each image from its own neighbours (in
       blind mode: the blind scores of the fitted set, which skip its nearest image).
       Like every memory-bank method, ``score_samples(X_train)`` is therefore higher
@@ -127,6 +140,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "n_pixel_neighbors": [Interval(Integral, 1, None, closed="left")],
         **BlindModeMixin._exclude_constraints(deprecated_exclude_self=True),
+        "nn_method": [StrOptions({"auto", "exact", "cells"})],
+        "random_state": ["random_state"],
         **DeviceMixin._device_constraint,
     }
 
@@ -139,6 +154,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         contamination="auto",
         calibration="auto",
         false_alarm_rate=None,
+        nn_method="auto",
+        random_state=None,
         sigma=4.0,
         device="auto",
         exclude_self="deprecated",
@@ -150,6 +167,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.contamination = contamination
         self.calibration = calibration
         self.false_alarm_rate = false_alarm_rate
+        self.nn_method = nn_method
+        self.random_state = random_state
         self.sigma = sigma
         self.device = device
 
@@ -162,13 +181,20 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
             )
         self._fit_device()
         self._fit_exclude()
-        self.train_patches_ = np.ascontiguousarray(X, dtype=np.float32)
-        self.train_pooled_ = self.train_patches_.mean(axis=(2, 3))
+        X = np.asarray(X, dtype=np.float32)
+        self.train_pooled_ = X.mean(axis=(2, 3))
         # the training scores compare each image with the n - 1 others
         K = clip_to_data(self, "n_neighbors", self.n_neighbors, n - 1,
                          "other training images")
         clip_to_data(self, "n_pixel_neighbors", self.n_pixel_neighbors,
                      K * X.shape[2] * X.shape[3], "patches of the K nearest training images")
+        method = self.nn_method
+        if method == "auto":
+            method = "cells" if self.device_.type == "cpu" else "exact"
+        self.index_ = build_index(patch_rows(X), method=method,
+                                  random_state=self.random_state, device=self.device_)
+        self.nn_method_ = self.index_.method_
+        self._train_hw = X.shape[2] * X.shape[3]
         return self
 
     def __setstate__(self, state):
@@ -178,6 +204,13 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
                 state["exclude_"] = "self" if state.get("exclude_self") is True else None
                 state["blind_"] = state["exclude_"] is not None
                 state["n_pixel_neighbors_"] = state["n_pixel_neighbors"]
+        if "train_patches_" in state and "index_" not in state:
+            # pickled before the index: the exact search over the stored patches
+            state = dict(state, nn_method="exact", random_state=None)
+            patches = state.pop("train_patches_")
+            state["index_"] = build_index(patch_rows(patches), method="exact")
+            state["nn_method_"] = state["index_"].method_
+            state["_train_hw"] = patches.shape[2] * patches.shape[3]
         super().__setstate__(state)
 
     def _image_level(self, X, exclude_own):
@@ -200,16 +233,17 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     def _spade_scores(self, X):
         n, c, h, w = X.shape
-        dev = self.device_
         image, nbr = self._image_level(X, exclude_own=False)
         kappa = self.n_pixel_neighbors_
-        rows = patch_rows(X).reshape(n, h * w, c)
-        maps = np.empty((n, h * w), dtype=np.float32)
-        for i in range(n):  # one gallery (the K nearest images' patches) per test image
-            gallery = patch_rows(self.train_patches_[nbr[i]])
-            d, _ = knn_search(rows[i], gallery, kappa, device=dev)
-            maps[i] = d.mean(axis=1)
-        return image, maps.reshape(n, h, w)
+        thw = self._train_hw
+        # each test patch against the patches of its image's K nearest training images
+        n_train = self.train_pooled_.shape[0]
+        allowed = np.zeros((n, n_train), dtype=bool)
+        allowed[np.arange(n)[:, None], nbr] = True
+        d, _ = self.index_.query(
+            patch_rows(X), kappa, query_groups=np.repeat(np.arange(n), h * w),
+            bank_groups=np.repeat(np.arange(n_train), thw), allowed=allowed)
+        return image, d.mean(axis=1).reshape(n, h, w).astype(np.float32)
 
     def _score(self, X):
         return self._spade_scores(X)
