@@ -379,11 +379,16 @@ def test_registry_blind_sets_exclude():
     assert n_blind >= 3  # PatchCore, SPADE, PatchCluster
 
 
-def test_registry_feature_recipes():
+PADIM_PAPER = {"pooling": 1, "upsample": "nearest"}
+
+
+def test_registry_feature_recipes(monkeypatch):
     from skad.features import PatchFeatureExtractor
 
+    assert registry.available_detectors()["padim"].features == {}   # none measured better
+    monkeypatch.setitem(registry._FEATURE_RECIPES, "padim", PADIM_PAPER)
     specs = registry.available_detectors()
-    assert specs["padim"].features == {"pooling": 1, "upsample": "nearest"}
+    assert specs["padim"].features == PADIM_PAPER
     assert specs["patchcore"].features == {}
     base = PatchFeatureExtractor(input_size=64, normalize="lite")
     ext = registry.recipe_extractor("padim", base, specs)
@@ -398,9 +403,10 @@ def test_registry_feature_recipes():
     assert registry.make_model("padim", base, specs=specs, recipe=False)[0] is base
 
 
-def test_run_benchmark_gives_padim_its_recipe_features():
+def test_run_benchmark_gives_a_detector_its_recipe_features(monkeypatch):
     from skad.report import run_benchmark
 
+    monkeypatch.setitem(registry._FEATURE_RECIPES, "padim", PADIM_PAPER)
     data = make_synthetic(n_train=6, n_test=6, image_size=64, random_state=0)
     res = run_benchmark(data, ["padim", "patchcore"], input_size=64, verbose=False)
     params = {r.name: r.params for r in res.runs}

@@ -497,3 +497,18 @@ def test_transform_before_fit():
 
     with pytest.raises(NotFittedError):
         PatchFeatureExtractor().transform(_images(1, 32))
+
+
+@pytest.mark.parametrize("backbone, expected", [
+    ("efficientnet_lite0", ((0.5,) * 3, (0.5,) * 3)),
+    ("resnet18", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+])
+def test_normalize_auto_is_the_backbones_training_recipe(backbone, expected):
+    X = _images(1, 32)
+    ext = PatchFeatureExtractor(backbone, input_size=32, weights=None, device="cpu").fit(X)
+    assert ext.normalize == "auto" and (ext.mean_, ext.std_) == expected
+    x = X.astype(np.float32) / 255 if X.dtype == np.uint8 else X
+    t = ext.to_tensor(X).numpy()
+    want = (x.transpose(0, 3, 1, 2) - np.asarray(expected[0])[:, None, None]) / np.asarray(
+        expected[1])[:, None, None]
+    assert np.allclose(t, want, atol=1e-5)

@@ -25,7 +25,12 @@ def data():
 def _smcc(**kw):
     params = dict(epochs=2, batch_size=4, random_state=0, device="cpu")
     params.update(kw)
-    return SMCC(PatchFeatureExtractor(input_size=64, device="cpu"), **params)
+    # normalize pinned to the statistics this file's expectations were written with:
+    # with 8 test images the image AUROC is 0.44 under both "imagenet" and "lite", and
+    # test_detects_synthetic_defects' mean-score check passes only under the former
+    # (issue #21 report); the SMCC owner should replace it with a meaningful check
+    return SMCC(PatchFeatureExtractor(input_size=64, device="cpu", normalize="imagenet"),
+                **params)
 
 
 @pytest.fixture(scope="module")

@@ -200,7 +200,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     def __setstate__(self, state):
         if "exclude" not in state:  # pickled before `exclude` replaced `exclude_self`
             state = dict(state, exclude=None)
-            if "train_patches_" in state:
+            if "train_pooled_" in state:  # fitted
                 state["exclude_"] = "self" if state.get("exclude_self") is True else None
                 state["blind_"] = state["exclude_"] is not None
                 state["n_pixel_neighbors_"] = state["n_pixel_neighbors"]
