@@ -110,7 +110,10 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     ----------
     extractor : PatchFeatureExtractor or None, default=None
         The (frozen) backbone. ``None``: ``PatchFeatureExtractor(layers=("blocks.1",
-        "blocks.2", "blocks.4"))`` (EfficientNet-Lite0, 224 px, 3 x 3 local pooling).
+        "blocks.2", "blocks.4"), normalize="imagenet")`` (EfficientNet-Lite0, 224 px,
+        3 x 3 local pooling; ImageNet statistics: those LocalOCC's benchmark figures were
+        measured with; the extractor's cross-set default ``"auto"`` is not measured for
+        LocalOCC yet).
         An extractor whose ``layers`` is None gets the stage-1-3 layers of its
         backbone. ``fit`` uses a clone.
     downsample : int, default=2
@@ -309,7 +312,8 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     # ----------------------------------------------------------------- helpers
     def _make_extractor(self):
         if self.extractor is None:
-            base = PatchFeatureExtractor(layers=STAGE_LAYERS["efficientnet_lite0"])
+            base = PatchFeatureExtractor(layers=STAGE_LAYERS["efficientnet_lite0"],
+                                         normalize="imagenet")
         else:
             base = clone(self.extractor)
             if base.layers is None and isinstance(base.backbone, str):

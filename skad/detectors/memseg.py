@@ -248,7 +248,9 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
     extractor : PatchFeatureExtractor or None, default=None
         Gives the encoder (its backbone, input size and normalisation; its pooling and
         fusion are not used). ``None``: ``PatchFeatureExtractor(input_size=160,
-        pooling=1)`` on EfficientNet-Lite0 with MemSeg's layers. With ``layers=None``
+        pooling=1, normalize="imagenet")`` on EfficientNet-Lite0 with MemSeg's layers
+        (ImageNet statistics: those MemSeg's benchmark figures were measured with; the
+        extractor's cross-set default ``"auto"`` is not measured for MemSeg yet). With ``layers=None``
         the layers follow the backbone (:data:`MEMSEG_LAYERS`: Lite ``blocks.0``,
         ``blocks.1/2/4`` (memory, strides 4/8/16), ``blocks.6``; ResNet ``relu``,
         ``layer1-3`` (memory), ``layer4``, the paper's); else give five layers in that
@@ -461,7 +463,7 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
     def _make_extractor(self):
         if self.extractor is None:
             return PatchFeatureExtractor(layers=MEMSEG_LAYERS["efficientnet_lite"],
-                                         input_size=160, pooling=1)
+                                         input_size=160, pooling=1, normalize="imagenet")
         ext = clone(self.extractor)
         if ext.layers is None:
             ext.set_params(layers=_default_layers(ext.backbone))
