@@ -160,7 +160,7 @@ def test_padim_matches_numpy_gaussians():
 
 def test_spade_image_and_pixel_levels():
     X_train, X_test, _ = _patch_data()
-    det = SPADE(n_neighbors=3, n_pixel_neighbors=2).fit(X_train)
+    det = SPADE(n_neighbors=3, n_pixel_neighbors=2, nn_method="exact").fit(X_train)
     pooled = X_train.mean(axis=(2, 3))
     qp = X_test.mean(axis=(2, 3))
     D = np.linalg.norm(qp[:, None] - pooled[None], axis=2)
@@ -172,6 +172,12 @@ def test_spade_image_and_pixel_levels():
     q = patch_rows(X_test[:1])
     Dp = np.sort(np.linalg.norm(q[:, None] - gallery[None], axis=2), axis=1)[:, :2].mean(1)
     np.testing.assert_allclose(det.anomaly_map(X_test[:1]).reshape(-1), Dp, rtol=1e-5)
+    # the approximate search: same image level, pixel distances never below the exact
+    cells = SPADE(n_neighbors=3, n_pixel_neighbors=2, nn_method="cells",
+                  random_state=0).fit(X_train)
+    assert cells.nn_method_ == "cells"
+    np.testing.assert_allclose(cells.anomaly_score(X_test), det.anomaly_score(X_test))
+    assert np.all(cells.anomaly_map(X_test) >= det.anomaly_map(X_test) - 1e-5)
     assert SPADE(n_neighbors=100).fit(X_train).n_neighbors_ == len(X_train) - 1
     blind = SPADE(n_neighbors=3, exclude="self").fit(X_train)
     assert blind.anomaly_map(X_train).min() > 0
