@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, clone
@@ -13,6 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._kernels.maps import resize_smooth
+from ..utils._threads import estimator_threads
 from ..utils.validation import ImageSet, _is_path_sequence, check_images, check_patches
 
 __all__ = ["BaseDetector", "ImageDetectorMixin", "PatchDetectorMixin", "conformal_offset"]
@@ -120,7 +121,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         "calibration": [StrOptions({"auto", "in_sample", "cv"}),
                         Interval(Real, 0, 1, closed="neither")],
         "false_alarm_rate": [Interval(Real, 0, 1, closed="neither"), None],
+        # CPU threads of fit and scoring (skad.utils.thread_limits); None: an enclosing
+        # thread_limits block's count, else "auto" (the free cores)
+        "n_jobs": [Interval(Integral, -1, None, closed="left"), StrOptions({"auto"}), None],
     }
+
+    def _threads(self):
+        return estimator_threads(getattr(self, "n_jobs", None), "n_jobs")
 
     def fit(self, X, y=None):
         """Fit the detector.
@@ -142,13 +149,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._validate_params()
         X = self._validate_input(X, reset=True)
         self.calibration_ = self._calibration_mode(len(X))
-        if self.calibration_ == "split":
-            fit_idx, cal_idx = self._calibration_split(len(X))
-            self._fit(_take(X, fit_idx))
-            self._calibration_input = _take(X, cal_idx)
-        else:
-            self._fit(X)
-        self._set_offset(X)
+        with self._threads():
+            if self.calibration_ == "split":
+                fit_idx, cal_idx = self._calibration_split(len(X))
+                self._fit(_take(X, fit_idx))
+                self._calibration_input = _take(X, cal_idx)
+            else:
+                self._fit(X)
+            self._set_offset(X)
         return self
 
     # -- offset / thresholds -------------------------------------------------
@@ -331,7 +339,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self._validate_input(X, reset=False)
 
     def _checked_score(self, X):
-        return self._score(self._checked_input(X))
+        X = self._checked_input(X)
+        with self._threads():
+            return self._score(X)
 
     def score_samples(self, X):
         """Normality score of each sample (higher = more normal), as scikit-learn's LOF.
@@ -344,7 +354,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        return -np.asarray(self._score_images(self._checked_input(X)), dtype=np.float64)
+        X = self._checked_input(X)
+        with self._threads():
+            return -np.asarray(self._score_images(X), dtype=np.float64)
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for anomalies.
