@@ -16,7 +16,8 @@ from .._kernels.maps import resize_smooth
 from ..utils._threads import estimator_threads
 from ..utils.validation import ImageSet, _is_path_sequence, check_images, check_patches
 
-__all__ = ["BaseDetector", "ImageDetectorMixin", "PatchDetectorMixin", "conformal_offset"]
+__all__ = ["BaseDetector", "ImageDetectorMixin", "PatchDetectorMixin", "StreamingMixin",
+           "conformal_offset"]
 
 #: folds of ``calibration="cv"`` (cross-fitted calibration scores)
 _CV_FOLDS = 5
@@ -522,3 +523,54 @@ class ImageDetectorMixin:
         tags.input_tags.allow_nan = False
         tags.non_deterministic = False
         return tags
+
+
+class StreamingMixin:
+    """``partial_fit``: a detector learned chunk by chunk, in bounded memory.
+
+    For data sets too large to hold as one patch tensor: feed chunks of images' patch
+    tensors (e.g. :func:`skad.scale.fit_streaming` over image paths). The detector
+    implements ``_partial_fit(X, first) -> anomaly scores of X``, which updates its
+    state with the chunk and returns the chunk's calibration scores (how each
+    detector gets scores of normal samples it did not simply memorise is said in its
+    docstring). ``offset_`` follows from all calibration scores so far, with the same
+    ``contamination`` / ``false_alarm_rate`` rules as ``fit`` (``calibration_`` is
+    "streamed"); :meth:`~BaseDetector.set_threshold` on held-out normals replaces it.
+    ``fit`` starts over.
+    """
+
+    def fit(self, X, y=None):
+        self.__dict__.pop("n_images_seen_", None)
+        return super().fit(X, y)
+
+    def partial_fit(self, X, y=None):
+        """Update the detector with one chunk of training samples.
+
+        Parameters
+        ----------
+        X : array-like
+            A chunk of training samples (at least 2); later chunks must have the
+            channels (and, where the detector needs it, the spatial size) of the first.
+        y : Ignored
+
+        Returns
+        -------
+        self : object
+        """
+        first = not hasattr(self, "n_images_seen_")
+        if first:
+            self._validate_params()
+        X = self._validate_input(X, reset=first)
+        if len(X) < 2:
+            raise ValueError(
+                f"X: each partial_fit chunk needs at least 2 samples; got {len(X)}"
+            )
+        with self._threads():
+            anomaly = np.asarray(self._partial_fit(X, first), dtype=np.float64)
+        self.n_images_seen_ = (0 if first else self.n_images_seen_) + len(X)
+        previous = () if first else (self.calibration_scores_,)
+        self.calibration_ = "streamed"
+        self.calibration_scores_ = np.concatenate([*previous, -anomaly])
+        self.train_scores_ = self.calibration_scores_
+        self.offset_ = float(self._offset_from(self.calibration_scores_))
+        return self

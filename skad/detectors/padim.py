@@ -7,15 +7,16 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
+from .._kernels.gaussian import (cholesky_factors, fit_gaussians, gaussians_from_moments,
+                                mahalanobis, update_moments)
 from ..utils._sklearn_compat import Interval
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, PatchDetectorMixin, StreamingMixin
 from ._device import DeviceMixin
 
 __all__ = ["PaDiM"]
 
 
-class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
+class PaDiM(StreamingMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     """PaDiM (Defard et al. 2021): per-position Gaussians of patch features.
 
     A random subset of ``n_features`` channels is kept; at each of the ``h x w``
@@ -61,6 +62,10 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
         available).
     random_state : int, RandomState instance or None, default=None
         Seeds the channel subset.
+    n_jobs : int, -1, "auto" or None, default=None
+        CPU threads of fit and scoring (:func:`skad.utils.thread_limits`): None
+        follows an enclosing ``thread_limits`` block, else "auto" (the cores other
+        processes leave free); -1: all cores.
 
     Attributes
     ----------
@@ -130,6 +135,7 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
         sigma=4.0,
         device="auto",
         random_state=None,
+        n_jobs=None,
     ):
         self.n_features = n_features
         self.eps = eps
@@ -140,6 +146,7 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.sigma = sigma
         self.device = device
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _positions(self, X):
         """(n, C, h, w) -> (n, h * w, d) on the selected channels."""
@@ -155,18 +162,37 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
                 f"PaDiM needs at least 2 training images to estimate covariances; got {n} "
                 "sample(s)"
             )
-        if self.n_features is None or self.n_features >= c:
-            self.channels_ = np.arange(c, dtype=np.int64)
-        else:
-            self.channels_ = np.sort(rng.choice(c, self.n_features, replace=False)).astype(
-                np.int64
-            )
+        self._select_channels(c, rng)
         dev = self._fit_device()
         self.means_, cov = fit_gaussians(
             self._positions(X), shrinkage=self.shrinkage, eps=self.eps, device=dev
         )
         self.cholesky_ = cholesky_factors(cov, device=dev)
         return self
+
+    def _select_channels(self, c, rng):
+        if self.n_features is None or self.n_features >= c:
+            self.channels_ = np.arange(c, dtype=np.int64)
+        else:
+            self.channels_ = np.sort(rng.choice(c, self.n_features, replace=False)).astype(
+                np.int64
+            )
+
+    def _partial_fit(self, X, first):
+        """Running moments (:func:`~skad._kernels.gaussian.update_moments`): the same
+        Gaussians as ``fit`` on all chunks at once, in ``8 h w d (d + 1)`` bytes.
+        Calibration scores: each chunk scored by the model of the chunks before it
+        (prequential; the first chunk in-sample)."""
+        if first:
+            self._select_channels(X.shape[1], check_random_state(self.random_state))
+            self._fit_device()
+            self._moments = None
+        anomaly = None if first else self._score(X)[0]
+        self._moments = update_moments(self._moments, self._positions(X), device=self.device_)
+        self.means_, cov = gaussians_from_moments(self._moments, shrinkage=self.shrinkage,
+                                                  eps=self.eps)
+        self.cholesky_ = cholesky_factors(cov, device=self.device_)
+        return self._score(X)[0] if first else anomaly
 
     def _score(self, X):
         n, _, h, w = X.shape

@@ -5,6 +5,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 from .._kernels import patch_rows
@@ -13,16 +14,18 @@ from .._kernels.coreset import greedy_coreset
 from .._kernels.refine import bank_products, exact_knn
 from .._kernels.reweight import reweighted_image_scores
 from ..utils._sklearn_compat import Interval, StrOptions
-from ._base import BaseDetector, PatchDetectorMixin
+from ._base import BaseDetector, PatchDetectorMixin, StreamingMixin
 from ._device import DeviceMixin
 
 __all__ = ["PatchCore"]
 
 #: PatchCore's default bank size from which ``nn_method="auto"`` searches approximately
 PATCHCORE_APPROX_THRESHOLD = 10_000
+#: training patches per coreset chunk (bottle's 209 images x 784 patches: one chunk)
+PATCHCORE_CORESET_CHUNK = 200_000
 
 
-class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
+class PatchCore(StreamingMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     """PatchCore (Roth et al. 2021): distance of each patch to a coreset memory bank.
 
     Every training patch goes into a memory bank, which a greedy k-center coreset
@@ -39,6 +42,15 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         ``b``, the neighbourhood of the reweighting (eq. 7).
     projection_dim : int or None, default=128
         Random-projection dimension for the coreset selection (None: none).
+    coreset_chunk_size : int, default=200_000
+        Training patches per greedy selection. Up to this many patches the coreset
+        is the paper's exact greedy over all of them; beyond it the images are split
+        at random into chunks of at most this many patches and each chunk is reduced
+        to ``coreset_ratio`` of its patches on its own, so fit time grows linearly
+        with the number of images instead of with ``n x picks`` (greedy k-center
+        composes: each chunk's coreset covers its patches, the union covers them
+        all). Accuracy against the exact selection and fit times:
+        ``benchmarks/results/scale_coreset.md``.
     exclude_self : bool, default=False
         Blind use (``fit(X)`` then score the same ``X``): a patch's distance is to its
         *second* nearest bank patch, so a patch kept in the bank does not match itself.
@@ -55,6 +67,10 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
     n_probe : int, default=8
         Lists an "ivf" search visits per query (higher: better recall, slower);
         unused by the other searches.
+    n_jobs : int, -1, "auto" or None, default=None
+        CPU threads of fit and scoring (:func:`skad.utils.thread_limits`): None
+        follows an enclosing ``thread_limits`` block, else "auto" (the cores other
+        processes leave free); -1: all cores.
     contamination : "auto" or float in (0, 0.5], default="auto"
         How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
         is None: "auto" puts it at the least normal calibration sample (none flagged;
@@ -158,6 +174,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
         "approx_threshold": [Interval(Integral, 1, None, closed="left")],
         "n_probe": [Interval(Integral, 1, None, closed="left")],
+        "coreset_chunk_size": [Interval(Integral, 1, None, closed="left")],
         **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
     }
@@ -168,10 +185,12 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         coreset_ratio=0.1,
         n_neighbors=9,
         projection_dim=128,
+        coreset_chunk_size=PATCHCORE_CORESET_CHUNK,
         exclude_self=False,
         nn_method="auto",
         approx_threshold=PATCHCORE_APPROX_THRESHOLD,
         n_probe=8,
+        n_jobs=None,
         contamination="auto",
         calibration="auto",
         false_alarm_rate=None,
@@ -182,10 +201,12 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.coreset_ratio = coreset_ratio
         self.n_neighbors = n_neighbors
         self.projection_dim = projection_dim
+        self.coreset_chunk_size = coreset_chunk_size
         self.exclude_self = exclude_self
         self.nn_method = nn_method
         self.approx_threshold = approx_threshold
         self.n_probe = n_probe
+        self.n_jobs = n_jobs
         self.contamination = contamination
         self.calibration = calibration
         self.false_alarm_rate = false_alarm_rate
@@ -204,21 +225,36 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
             )
         rows = patch_rows(X)
         image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
-        n_select = max(1, int(self.coreset_ratio * len(rows)))
-        if n_select < len(rows):
-            idx = greedy_coreset(
-                rows, n_select, projection_dim=self.projection_dim, random_state=rng,
-                device=device,
-            )
-        else:
-            idx = np.arange(len(rows), dtype=np.int64)
+        idx = self._coreset(rows, n, rng, device)
         self.coreset_indices_ = idx
-        self._products_cache = None
         self.memory_bank_ = rows[idx]
         self.bank_image_ids_ = image_ids[idx]
+        self._build_index(rng, device)
+        return self
+
+    def _coreset(self, rows, n_images, rng, device):
+        """Rows kept: exact greedy up to ``coreset_chunk_size`` rows, else per chunk of
+        whole images (random image order), each reduced to ``coreset_ratio``."""
+        hw = len(rows) // n_images
+        n_chunks = max(1, -(-len(rows) // int(self.coreset_chunk_size)))
+        groups = ([np.arange(n_images)] if n_chunks == 1 else
+                  np.array_split(rng.permutation(n_images), min(n_chunks, n_images)))
+        kept = []
+        for images in groups:
+            sub = (np.sort(images)[:, None] * hw + np.arange(hw)).ravel()
+            n_select = max(1, int(self.coreset_ratio * len(sub)))
+            if n_select < len(sub):
+                sub = sub[greedy_coreset(rows[sub] if len(groups) > 1 else rows, n_select,
+                                         projection_dim=self.projection_dim,
+                                         random_state=rng, device=device)]
+            kept.append(sub)
+        return np.concatenate(kept).astype(np.int64)
+
+    def _build_index(self, rng, device):
+        self._products_cache = None
         method = self.nn_method
         if method == "auto":
-            approx = len(idx) >= self.approx_threshold and device.type == "cpu"
+            approx = len(self.memory_bank_) >= self.approx_threshold and device.type == "cpu"
             method = "cells" if approx else "exact"
         index = build_index(
             self.memory_bank_, method=method, n_probe=self.n_probe, random_state=rng,
@@ -228,7 +264,36 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.index_ = index
         if self.nn_method_ != "exact":
             self._products()  # in fit, not in the first predict
-        return self
+
+    def _partial_fit(self, X, first):
+        """Add a chunk's coreset to the bank; its calibration scores are the chunk's
+        leave-one-image-out scores against the chunk's own coreset (never lower than
+        against the whole bank: ``offset_`` errs towards fewer false alarms)."""
+        if first:
+            self._stream_rng = check_random_state(self.random_state)
+            self._fit_device()
+        sub = clone(self)
+        sub.random_state = self._stream_rng.randint(np.iinfo(np.int32).max)
+        sub.n_features_in_, sub.patch_shape_ = self.n_features_in_, tuple(X.shape[2:])
+        sub._fit(X)
+        anomaly = sub._offset_scores(X)
+        n_seen = 0 if first else self.n_images_seen_
+        rows_seen = 0 if first else self._stream_rows
+        hw = X.shape[2] * X.shape[3]
+        parts = [] if first else [(self.memory_bank_, self.bank_image_ids_,
+                                   self.coreset_indices_)]
+        parts.append((sub.memory_bank_, sub.bank_image_ids_ + n_seen,
+                      sub.coreset_indices_ + rows_seen))
+        self.memory_bank_ = np.concatenate([p[0] for p in parts])
+        self.bank_image_ids_ = np.concatenate([p[1] for p in parts])
+        self.coreset_indices_ = np.concatenate([p[2] for p in parts])
+        self._stream_rows = rows_seen + len(X) * hw
+        self.index_ = self.nn_method_ = None  # built at the first scoring (_ensure_index)
+        return anomaly
+
+    def _ensure_index(self):
+        if self.index_ is None:
+            self._build_index(self._stream_rng, self.device_)
 
     def _products(self):
         """:func:`~skad._kernels.refine.bank_products` of the bank plus, from the
@@ -284,6 +349,7 @@ class PatchCore(DeviceMixin, PatchDetectorMixin, BaseDetector):
         return self._index_search(q, k, groups, coarse=True)
 
     def _patch_scores(self, X, exclude_own_image, maps=True):
+        self._ensure_index()
         n, c, h, w = X.shape
         hw = h * w
         rows = patch_rows(X)
