@@ -18,6 +18,10 @@ under the benchmark lock):
 - ``memory``: peak RSS of :func:`skad.scale.fit_streaming` on N random 64 px PNG files
   written to disk (extractor at 64 px input), N = 1,000 and 10,000, PaDiM and PatchCore,
   each in a fresh process. -> results/scale_memory.md
+- ``recall``: PatchCluster (blind, full bank) on 330 resampled bottle images (259k
+  patches, above its ``approx_threshold``): fit and scoring time with the approximate
+  self-excluded search, and its recall@1 against the exact search on sampled queries.
+  -> results/scale_recall.md
 - ``dask``: :func:`skad.scale.score_on_dask` of 400 images on a LocalCluster of 1 and
   of 2 single-threaded worker processes, alternating. -> results/scale_dask.md
 
@@ -253,9 +257,50 @@ def part_dask(args):
                         "alternation.")
 
 
+def part_recall(args):
+    from skad._kernels import patch_rows
+    from skad._kernels.knn import knn_search
+    from skad.detectors import PatchCluster
+
+    _, train, _ = _bottle_features()
+    rng = np.random.default_rng(0)
+    n = int(args.sizes)
+    X = _resampled(train, n, rng, args.noise)
+    det = PatchCluster(random_state=0, approx_threshold=args.threshold)
+    t = time.perf_counter()
+    det.fit(X)
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    det.score_samples(X)  # blind use: score the fitted set (self-excluded)
+    score_s = time.perf_counter() - t
+    rows_all = patch_rows(X)
+    q = np.sort(rng.choice(len(rows_all), args.n_queries, replace=False))
+    bank_groups = det.coreset_indices_
+    k = 1
+    d_ex, i_ex = knn_search(rows_all[q], det.memory_bank_, k, query_groups=q,
+                            bank_groups=bank_groups)
+    d_ap, i_ap = det.index_.query(rows_all[q], k, query_groups=q, bank_groups=bank_groups)
+    hit = (i_ap[:, 0] == i_ex[:, 0]) | np.isclose(d_ap[:, 0], d_ex[:, 0], rtol=1e-5)
+    ratio = d_ap[:, 0] / np.maximum(d_ex[:, 0], 1e-12)
+    rows = [{"images": n, "patches": len(rows_all), "nn_method_": det.nn_method_,
+             "fit_s": fit_s, "score_samples(X) s": score_s,
+             "recall@1 (self-excluded, sampled queries)": float(hit.mean()),
+             "distance ratio approx/exact: median": float(np.median(ratio)),
+             "p99": float(np.percentile(ratio, 99)), "queries": len(q)}]
+    print(rows[0], flush=True)
+    write_results("scale_recall", rows,
+                  f"python benchmarks/bench_scale.py --part recall --sizes {args.sizes} "
+                  f"--threshold {args.threshold} --n-queries {args.n_queries}",
+                  data="bottle training features resampled with Gaussian noise of "
+                       f"{args.noise} x their std (blind use: the fitted set is scored)",
+                  notes="Recall: the approximate index's nearest non-self bank patch "
+                        "against the exact one (knn_search with the same exclusion) for "
+                        "randomly sampled query patches.")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", required=True, choices=["accuracy", "fit", "memory", "dask"])
+    ap.add_argument("--part", required=True, choices=["accuracy", "fit", "memory", "dask", "recall"])
     ap.add_argument("--sizes", default=None)
     ap.add_argument("--methods", default="padim,patchcore")
     ap.add_argument("--folder", default=None)
@@ -264,11 +309,14 @@ def main(argv=None):
     ap.add_argument("--exact-sizes", default="200,1000")
     ap.add_argument("--noise", type=float, default=0.3)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--threshold", type=int, default=250_000)
+    ap.add_argument("--n-queries", type=int, default=2000)
     args = ap.parse_args(argv)
     if args.sizes is None:
-        args.sizes = {"fit": "200,1000,5000", "memory": "1000,10000"}.get(args.part, "")
+        args.sizes = {"fit": "200,1000,5000", "memory": "1000,10000",
+                      "recall": "330"}.get(args.part, "")
     {"accuracy": part_accuracy, "fit": part_fit, "memory": part_memory,
-     "dask": part_dask}[args.part](args)
+     "dask": part_dask, "recall": part_recall}[args.part](args)
 
 
 if __name__ == "__main__":
