@@ -88,6 +88,10 @@ class PaDiM(StreamingMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       channels: 784 positions x 152 channels = 73 MB; 784 x 100 = 32 MB; 3136 x 550
       (the paper's WRN50 at 56 x 56) = 3.8 GB. Fitting needs the same again plus the
       chunk of centred features (``working_memory`` of the kernel, 256 MB).
+    - Streaming: :meth:`partial_fit` keeps running means and co-moments (float64), so
+      chunks give the Gaussians ``fit`` gives on all images at once;
+      :func:`skad.scale.fit_streaming` fits from image paths in bounded memory
+      (``doc/scale.md``).
     - Distances use Cholesky factors and triangular solves, never an explicit
       inverse (:mod:`skad._kernels.gaussian`).
     - The image score is the maximum of the (unsmoothed) patch map, as in the

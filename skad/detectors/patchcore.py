@@ -145,7 +145,11 @@ class PatchCore(StreamingMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       for the maps too; on a GPU "auto" searches exactly. Recall, rounds and timings
       on bottle: ``doc/search.md``.
     - Coreset: exact greedy selection (same picks as the naive loop), computed in
-      lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`).
+      lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`),
+      over all patches up to ``coreset_chunk_size``, per chunk of images beyond.
+    - Streaming: :meth:`partial_fit` adds each chunk's coreset to the bank (the search
+      index is built at the first scoring); :func:`skad.scale.fit_streaming` fits from
+      image paths in bounded memory (``doc/scale.md``).
 
     References
     ----------
