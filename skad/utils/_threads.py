@@ -197,17 +197,33 @@ def _resolve(n_threads):
     return n_threads
 
 
+#: modules that load their own BLAS / OpenMP pools when imported
+_NATIVE = ("numpy", "scipy", "torch", "faiss", "numba")
+_controller = {"key": None, "ctl": None}
+
+
+def _pools():
+    """A cached threadpoolctl controller (finding the pools costs ~40 ms; limiting them
+    through a controller ~0.1 ms), rebuilt when a module with its own pools appears."""
+    from threadpoolctl import ThreadpoolController
+
+    key = tuple(m in sys.modules for m in _NATIVE)
+    with _lock:
+        if _controller["key"] != key:
+            _controller.update(key=key, ctl=ThreadpoolController())
+        return _controller["ctl"]
+
+
 @contextmanager
 def _limited(n):
     import torch
-    from threadpoolctl import threadpool_limits
 
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     token = _EXPLICIT.set(n)
     try:
         # numpy's OpenBLAS, faiss's OpenMP and BLAS: the same count
-        with threadpool_limits(limits=n):
+        with _pools().limit(limits=n):
             yield n
     finally:
         _EXPLICIT.reset(token)
