@@ -94,10 +94,22 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--name", default="busy_machine")
+    ap.add_argument("--from-log", default=None,
+                    help="write the results from the printed lines of an interrupted run "
+                         "(complete rounds only)")
     args = ap.parse_args(argv)
     settings = args.settings.split(",")
     runs = {(s, h): [] for s in settings for h in (False, True)}
-    for r in range(args.rounds):
+    if args.from_log:
+        import ast
+
+        lines = [ln.split(maxsplit=4) for ln in open(args.from_log) if ln.startswith("round ")]
+        per_round = 2 * len(settings)
+        n_rounds = len(lines) // per_round
+        for _, r, s, hog, res in lines[:n_rounds * per_round]:
+            runs[s, hog == "hog=True"].append(ast.literal_eval(res))
+        args.rounds = n_rounds
+    for r in range(0 if args.from_log else args.rounds):
         for s in settings:
             for hog in (False, True):
                 res = run_once(s, args.images, hog)
@@ -127,6 +139,9 @@ def main(argv=None):
         })
     cmd = ("flock /tmp/skad-bench.lock python benchmarks/bench_busy.py "
            f"--rounds {args.rounds} --images {args.images}")
+    if args.from_log:
+        cmd += (f" (run with --rounds 3, stopped after {args.rounds} complete round(s) "
+                "for lack of time; table written with --from-log LOG)")
     notes = ("Per round every setting ran alone and beside the hog, in alternation; "
              "ratios are medians over rounds of per-round ratios. 'hog's CPU share': CPU "
              "seconds the hog got per wall second while skad ran beside it (1.0 = a whole "
