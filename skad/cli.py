@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .utils._threads import thread_limits
+
 __all__ = ["main", "build_parser"]
 
 PROG = "skad"
@@ -122,7 +124,8 @@ def build_parser():
         p.add_argument("--seed", type=int, default=0,
                        help="random_state of every stochastic step (default: 0)")
         p.add_argument("--threads", type=_positive_int, default=None,
-                       help="torch threads (default: torch's own choice)")
+                       help="CPU threads (default: the cores other processes leave "
+                            "free, see doc/scale.md)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error")
@@ -197,7 +200,8 @@ def build_parser():
                    help="anomaly-score threshold for -1 (default: the model's own, from fit)")
     p.add_argument("--batch-size", type=_positive_int, default=32,
                    help="images scored at a time (default: 32)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: the cores other processes leave free)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)
@@ -294,13 +298,6 @@ def _load_benchmark_data(args):
 
 
 # --------------------------------------------------------------------------- commands
-def _set_threads(args):
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def _cmd_list(args, out):
     from .registry import available_detectors
 
@@ -600,10 +597,12 @@ def main(argv=None, *, stdout=None):
         if args.command is None:
             parser.print_help(out)
             return 2
-        _set_threads(args)
         handler = {"benchmark": _cmd_benchmark, "fit": _cmd_fit, "predict": _cmd_predict,
                    "list": _cmd_list}[args.command]
-        return handler(args, out)
+        # --threads: every estimator's count (skad.utils.thread_limits); without it each
+        # estimator takes the cores other processes leave free ("auto")
+        with thread_limits(getattr(args, "threads", None)):
+            return handler(args, out)
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
     except (UsageError, UnknownDetectorError, InvalidParameterError, FileNotFoundError,

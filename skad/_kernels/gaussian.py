@@ -16,8 +16,8 @@ import numpy as np
 from ..utils import resolve_device
 from ._convert import as_tensor
 
-__all__ = ["cholesky_factors", "fit_gaussians", "mahalanobis", "whitened_distances",
-           "whitening_factors"]
+__all__ = ["cholesky_factors", "fit_gaussians", "gaussians_from_moments", "mahalanobis",
+           "update_moments", "whitened_distances", "whitening_factors"]
 
 
 def _lapack_threads(device):
@@ -73,10 +73,7 @@ def fit_gaussians(X, *, shrinkage=0.0, eps=0.01, chunk_size=None, working_memory
     """
     import torch
 
-    if not isinstance(shrinkage, Real) or not 0.0 <= shrinkage <= 1.0:
-        raise ValueError(f"shrinkage: expected a float in [0, 1]; got {shrinkage!r}")
-    if not isinstance(eps, Real) or eps < 0:
-        raise ValueError(f"eps: expected a float >= 0; got {eps!r}")
+    _check_regularization(shrinkage, eps)
     dev = resolve_device(device, X)
     Xt = as_tensor(X, "X", ndim=3, device=dev)
     n, P, d = Xt.shape
@@ -97,12 +94,107 @@ def fit_gaussians(X, *, shrinkage=0.0, eps=0.01, chunk_size=None, working_memory
             # the product below take a strided path 50-80x slower
             xc = (xc - mu[:, None]).contiguous()
             S = torch.bmm(xc.transpose(1, 2), xc) / (n - 1)  # (c, d, d)
-            if shrinkage > 0:
-                tr = torch.diagonal(S, dim1=1, dim2=2).sum(1) / d
-                S = (1.0 - shrinkage) * S + shrinkage * tr[:, None, None] * eye
             means[s:e] = mu
-            covs[s:e] = S + eps * eye
+            covs[s:e] = _regularize(S, shrinkage, eps, eye)
     return means.cpu().numpy(), covs.cpu().numpy()
+
+
+def _check_regularization(shrinkage, eps):
+    if not isinstance(shrinkage, Real) or not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage: expected a float in [0, 1]; got {shrinkage!r}")
+    if not isinstance(eps, Real) or eps < 0:
+        raise ValueError(f"eps: expected a float >= 0; got {eps!r}")
+
+
+def _regularize(S, shrinkage, eps, eye):
+    """``(1 - shrinkage) S + shrinkage tr(S) / d I + eps I`` for a stack of covariances."""
+    if shrinkage > 0:
+        tr = S.diagonal(dim1=1, dim2=2).mean(1)  # tr(S) / d
+        S = (1.0 - shrinkage) * S + shrinkage * tr[:, None, None] * eye
+    return S + eps * eye
+
+
+def update_moments(moments, X, *, working_memory=256, device=None):
+    """Running count, mean and co-moment at each of P positions, one chunk at a time.
+
+    The pairwise update of Chan, Golub and LeVeque (1979): with chunk statistics
+    ``n_b, mean_b, M2_b`` (``M2`` = sum of outer products of centred samples),
+    ``delta = mean_b - mean_a``, ``mean = mean_a + delta n_b / n`` and
+    ``M2 = M2_a + M2_b + delta delta^T n_a n_b / n``, in float64: the result equals
+    the moments of all chunks at once up to rounding, whatever the chunking, and
+    memory is ``8 P d (d + 1)`` bytes however many samples stream through.
+
+    Parameters
+    ----------
+    moments : dict or None
+        The state returned by the previous call (None to start).
+    X : array-like or torch.Tensor of shape (n, P, d)
+    working_memory : float, default=256
+        MiB for one chunk of positions.
+    device : {"auto", "cpu", "cuda"}, torch.device or None
+
+    Returns
+    -------
+    moments : dict with "n" (int), "mean" (P, d) and "m2" (P, d, d) float64 tensors
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.gaussian import gaussians_from_moments, update_moments
+    >>> X = np.random.default_rng(0).normal(size=(50, 3, 2))
+    >>> m = update_moments(update_moments(None, X[:20]), X[20:])
+    >>> mu, cov = gaussians_from_moments(m, eps=0.0)
+    >>> bool(np.allclose(cov[1], np.cov(X[:, 1].T), atol=1e-6))
+    True
+    """
+    import torch
+
+    dev = resolve_device(device, X) if moments is None else moments["mean"].device
+    Xt = as_tensor(X, "X", ndim=3, device=dev)
+    n_b, P, d = Xt.shape
+    if moments is None:
+        moments = {"n": 0, "mean": torch.zeros((P, d), dtype=torch.float64, device=dev),
+                   "m2": torch.zeros((P, d, d), dtype=torch.float64, device=dev)}
+    elif tuple(moments["mean"].shape) != (P, d):
+        raise ValueError(f"X: expected {tuple(moments['mean'].shape)} positions x features "
+                         f"as in the earlier chunks; got {(P, d)}")
+    n_a = moments["n"]
+    n = n_a + n_b
+    step = max(1, int(working_memory * 2**20 // (8 * (n_b * d + d * d) * 2)))
+    with torch.inference_mode():
+        for s in range(0, P, step):
+            e = min(s + step, P)
+            xc = Xt[:, s:e].to(torch.float64).permute(1, 0, 2)  # (c, n_b, d)
+            mu_b = xc.mean(1)
+            xc = xc - mu_b[:, None]
+            delta = mu_b - moments["mean"][s:e]
+            moments["m2"][s:e] += torch.bmm(xc.transpose(1, 2), xc) + (
+                delta[:, :, None] * delta[:, None, :]) * (n_a * n_b / n)
+            moments["mean"][s:e] += delta * (n_b / n)
+    moments["n"] = n
+    return moments
+
+
+def gaussians_from_moments(moments, *, shrinkage=0.0, eps=0.01):
+    """Means and regularised covariances (as :func:`fit_gaussians`) from
+    :func:`update_moments`'s state; needs at least 2 samples.
+
+    Returns
+    -------
+    means : ndarray of float32, shape (P, d)
+    covariances : ndarray of float32, shape (P, d, d)
+    """
+    import torch
+
+    _check_regularization(shrinkage, eps)
+    n = moments["n"]
+    if n < 2:
+        raise ValueError(f"X: expected at least 2 samples to estimate covariances; got {n}")
+    d = moments["mean"].shape[1]
+    eye = torch.eye(d, dtype=torch.float64, device=moments["mean"].device)
+    cov = _regularize(moments["m2"] / (n - 1), shrinkage, eps, eye)
+    return (moments["mean"].to(torch.float32).cpu().numpy(),
+            cov.to(torch.float32).cpu().numpy())
 
 
 def cholesky_factors(cov, *, dtype="float64", device=None):

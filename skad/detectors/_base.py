@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, clone
@@ -13,10 +13,12 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._kernels.maps import resize_smooth
 from ..utils._sklearn_compat import Hidden, Interval, StrOptions
+from ..utils._threads import estimator_threads
 from ..utils.validation import ImageSet, _is_path_sequence, check_images, check_patches
 
 __all__ = ["BaseDetector", "BlindModeMixin", "ClippedParameterWarning", "ImageDetectorMixin",
-           "PatchDetectorMixin", "blind_offset", "clip_to_data", "conformal_offset"]
+           "PatchDetectorMixin", "StreamingMixin", "blind_offset", "clip_to_data",
+           "conformal_offset"]
 
 #: robust z of ``contamination="auto"`` in blind mode (the usual 3-MAD outlier rule)
 _BLIND_MADS = 3.0
@@ -278,7 +280,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         "calibration": [StrOptions({"auto", "in_sample", "cv"}),
                         Interval(Real, 0, 1, closed="neither")],
         "false_alarm_rate": [Interval(Real, 0, 1, closed="neither"), None],
+        # CPU threads of fit and scoring (skad.utils.thread_limits); None: an enclosing
+        # thread_limits block's count, else "auto" (the free cores)
+        "n_jobs": [Interval(Integral, -1, None, closed="left"), StrOptions({"auto"}), None],
     }
+
+    def _threads(self):
+        return estimator_threads(getattr(self, "n_jobs", None), "n_jobs")
 
     def fit(self, X, y=None):
         """Fit the detector.
@@ -300,13 +308,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._validate_params()
         X = self._validate_input(X, reset=True)
         self.calibration_ = self._calibration_mode(len(X))
-        if self.calibration_ == "split":
-            fit_idx, cal_idx = self._calibration_split(len(X))
-            self._fit(_take(X, fit_idx))
-            self._calibration_input = _take(X, cal_idx)
-        else:
-            self._fit(X)
-        self._set_offset(X)
+        with self._threads():
+            if self.calibration_ == "split":
+                fit_idx, cal_idx = self._calibration_split(len(X))
+                self._fit(_take(X, fit_idx))
+                self._calibration_input = _take(X, cal_idx)
+            else:
+                self._fit(X)
+            self._set_offset(X)
         return self
 
     # -- offset / thresholds -------------------------------------------------
@@ -495,7 +504,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self._validate_input(X, reset=False)
 
     def _checked_score(self, X):
-        return self._score(self._checked_input(X))
+        X = self._checked_input(X)
+        with self._threads():
+            return self._score(X)
 
     def score_samples(self, X):
         """Normality score of each sample (higher = more normal), as scikit-learn's LOF.
@@ -508,7 +519,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        return -np.asarray(self._score_images(self._checked_input(X)), dtype=np.float64)
+        X = self._checked_input(X)
+        with self._threads():
+            return -np.asarray(self._score_images(X), dtype=np.float64)
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for anomalies.
@@ -682,3 +695,54 @@ class ImageDetectorMixin:
         tags.input_tags.allow_nan = False
         tags.non_deterministic = False
         return tags
+
+
+class StreamingMixin:
+    """``partial_fit``: a detector learned chunk by chunk, in bounded memory.
+
+    For data sets too large to hold as one patch tensor: feed chunks of images' patch
+    tensors (e.g. :func:`skad.scale.fit_streaming` over image paths). The detector
+    implements ``_partial_fit(X, first) -> anomaly scores of X``, which updates its
+    state with the chunk and returns the chunk's calibration scores (how each
+    detector gets scores of normal samples it did not simply memorise is said in its
+    docstring). ``offset_`` follows from all calibration scores so far, with the same
+    ``contamination`` / ``false_alarm_rate`` rules as ``fit`` (``calibration_`` is
+    "streamed"); :meth:`~BaseDetector.set_threshold` on held-out normals replaces it.
+    ``fit`` starts over.
+    """
+
+    def fit(self, X, y=None):
+        self.__dict__.pop("n_images_seen_", None)
+        return super().fit(X, y)
+
+    def partial_fit(self, X, y=None):
+        """Update the detector with one chunk of training samples.
+
+        Parameters
+        ----------
+        X : array-like
+            A chunk of training samples (at least 2); later chunks must have the
+            channels (and, where the detector needs it, the spatial size) of the first.
+        y : Ignored
+
+        Returns
+        -------
+        self : object
+        """
+        first = not hasattr(self, "n_images_seen_")
+        if first:
+            self._validate_params()
+        X = self._validate_input(X, reset=first)
+        if len(X) < 2:
+            raise ValueError(
+                f"X: each partial_fit chunk needs at least 2 samples; got {len(X)}"
+            )
+        with self._threads():
+            anomaly = np.asarray(self._partial_fit(X, first), dtype=np.float64)
+        self.n_images_seen_ = (0 if first else self.n_images_seen_) + len(X)
+        previous = () if first else (self.calibration_scores_,)
+        self.calibration_ = "streamed"
+        self.calibration_scores_ = np.concatenate([*previous, -anomaly])
+        self.train_scores_ = self.calibration_scores_
+        self.offset_ = float(self._offset_from(self.calibration_scores_))
+        return self

@@ -7,15 +7,16 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
+from .._kernels.gaussian import (cholesky_factors, fit_gaussians, gaussians_from_moments,
+                                mahalanobis, update_moments)
 from ..utils._sklearn_compat import Interval
-from ._base import BaseDetector, PatchDetectorMixin, clip_to_data
+from ._base import BaseDetector, PatchDetectorMixin, StreamingMixin, clip_to_data
 from ._device import DeviceMixin
 
 __all__ = ["PaDiM"]
 
 
-class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
+class PaDiM(StreamingMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     """PaDiM (Defard et al. 2021): per-position Gaussians of patch features.
 
     A random subset of ``n_features`` channels is kept; at each of the ``h x w``
@@ -63,6 +64,10 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
         available).
     random_state : int, RandomState instance or None, default=None
         Seeds the channel subset.
+    n_jobs : int, -1, "auto" or None, default=None
+        CPU threads of fit and scoring (:func:`skad.utils.thread_limits`): None
+        follows an enclosing ``thread_limits`` block, else "auto" (the cores other
+        processes leave free); -1: all cores.
 
     Attributes
     ----------
@@ -87,6 +92,10 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
       channels: 784 positions x 152 channels = 73 MB; 784 x 100 = 32 MB; 3136 x 550
       (the paper's WRN50 at 56 x 56) = 3.8 GB. Fitting needs the same again plus the
       chunk of centred features (``working_memory`` of the kernel, 256 MB).
+    - Streaming: :meth:`partial_fit` keeps running means and co-moments (float64), so
+      chunks give the Gaussians ``fit`` gives on all images at once;
+      :func:`skad.scale.fit_streaming` fits from image paths in bounded memory
+      (``doc/scale.md``).
     - Distances use Cholesky factors and triangular solves, never an explicit
       inverse (:mod:`skad._kernels.gaussian`).
     - The image score is the maximum of the (unsmoothed) patch map, as in the
@@ -134,6 +143,7 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
         sigma=4.0,
         device="auto",
         random_state=None,
+        n_jobs=None,
     ):
         self.n_features = n_features
         self.eps = eps
@@ -144,6 +154,7 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.sigma = sigma
         self.device = device
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _positions(self, X):
         """(n, C, h, w) -> (n, h * w, d) on the selected channels."""
@@ -159,17 +170,36 @@ class PaDiM(DeviceMixin, PatchDetectorMixin, BaseDetector):
                 f"PaDiM needs at least 2 training images to estimate covariances; got {n} "
                 "sample(s)"
             )
-        d = clip_to_data(self, "n_features", self.n_features, c, "channels of X")
-        if d == c:
-            self.channels_ = np.arange(c, dtype=np.int64)
-        else:
-            self.channels_ = np.sort(rng.choice(c, d, replace=False)).astype(np.int64)
+        self._select_channels(c, rng)
         dev = self._fit_device()
         self.means_, cov = fit_gaussians(
             self._positions(X), shrinkage=self.shrinkage, eps=self.eps, device=dev
         )
         self.cholesky_ = cholesky_factors(cov, device=dev)
         return self
+
+    def _select_channels(self, c, rng):
+        d = clip_to_data(self, "n_features", self.n_features, c, "channels of X")
+        if d == c:
+            self.channels_ = np.arange(c, dtype=np.int64)
+        else:
+            self.channels_ = np.sort(rng.choice(c, d, replace=False)).astype(np.int64)
+
+    def _partial_fit(self, X, first):
+        """Running moments (:func:`~skad._kernels.gaussian.update_moments`): the same
+        Gaussians as ``fit`` on all chunks at once, in ``8 h w d (d + 1)`` bytes.
+        Calibration scores: each chunk scored by the model of the chunks before it
+        (prequential; the first chunk in-sample)."""
+        if first:
+            self._select_channels(X.shape[1], check_random_state(self.random_state))
+            self._fit_device()
+            self._moments = None
+        anomaly = None if first else self._score(X)[0]
+        self._moments = update_moments(self._moments, self._positions(X), device=self.device_)
+        self.means_, cov = gaussians_from_moments(self._moments, shrinkage=self.shrinkage,
+                                                  eps=self.eps)
+        self.cholesky_ = cholesky_factors(cov, device=self.device_)
+        return self._score(X)[0] if first else anomaly
 
     def _score(self, X):
         n, _, h, w = X.shape

@@ -15,7 +15,7 @@ from sklearn.utils import check_random_state
 
 from .._kernels.coreset import greedy_coreset
 from .._kernels import patch_rows
-from .._kernels.ann import DEFAULT_APPROX_THRESHOLD, build_index
+from .._kernels.ann import build_index
 from .._kernels.knn import same_group_counts
 from .._kernels.reweight import reweight_factor
 from ..utils import seed_from
@@ -25,6 +25,9 @@ from ._device import DeviceMixin
 
 __all__ = ["PatchCluster", "default_n_neighbors"]
 
+
+#: bank patches from which PatchCluster's ``nn_method="auto"`` searches approximately
+PATCHCLUSTER_APPROX_THRESHOLD = 250_000
 
 def default_n_neighbors(coreset_ratio=None):
     """K used by :class:`PatchCluster` when ``n_neighbors=None``.
@@ -115,8 +118,13 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         "cells" (candidate lists per k-means cell, own-image rows skipped inside
         them), "ivf" (a faiss inverted-file index) or "nndescent" (a pynndescent
         graph), the last two with exclusion by over-querying and filtering, or
-        "auto" ("ivf" from 1,000,000 bank patches). ``nn_method_`` records the search used (as
-        :class:`~skad.detectors.PatchCore`).
+        "auto" ("ivf" from ``approx_threshold`` bank patches). ``nn_method_`` records the
+        search used (as :class:`~skad.detectors.PatchCore`).
+    approx_threshold : int, default=250_000
+        Bank size from which "auto" searches approximately: the exact self-excluded
+        search costs ``n^2`` (597k patches did not finish in 15 minutes on 2 cores);
+        bottle's blind set (292 images x 784 patches = 229k) stays exact. Recall of the
+        approximate self-excluded search: ``benchmarks/results/scale_recall.md``.
     device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
         Where the neighbour search and coreset run ("auto": CUDA when available).
     random_state : int, RandomState instance or None, default=None
@@ -277,6 +285,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         "n_reweight_neighbors": [Interval(Integral, 1, None, closed="left")],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
         "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
+        "approx_threshold": [Interval(Integral, 1, None, closed="left")],
         **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -292,6 +301,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         n_reweight_neighbors=9,
         projection_dim=128,
         nn_method="auto",
+        approx_threshold=PATCHCLUSTER_APPROX_THRESHOLD,
         device="auto",
         random_state=None,
         contamination="auto",
@@ -307,6 +317,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         self.n_reweight_neighbors = n_reweight_neighbors
         self.projection_dim = projection_dim
         self.nn_method = nn_method
+        self.approx_threshold = approx_threshold
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -346,7 +357,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         self.index_ = build_index(
             self.memory_bank_,
             method=self.nn_method,
-            approx_threshold=DEFAULT_APPROX_THRESHOLD,
+            approx_threshold=self.approx_threshold,
             random_state=seed_from(rng),
             device=device,
         )

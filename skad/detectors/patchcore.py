@@ -6,6 +6,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 from .._kernels import patch_rows
@@ -19,6 +20,7 @@ from ._base import (
     BlindModeMixin,
     ClippedParameterWarning,
     PatchDetectorMixin,
+    StreamingMixin,
     clip_to_data,
 )
 from ._device import DeviceMixin
@@ -27,9 +29,12 @@ __all__ = ["PatchCore"]
 
 #: PatchCore's default bank size from which ``nn_method="auto"`` searches approximately
 PATCHCORE_APPROX_THRESHOLD = 10_000
+#: training patches per coreset chunk (bottle's 209 images x 784 patches: one chunk)
+PATCHCORE_CORESET_CHUNK = 200_000
 
 
-class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
+class PatchCore(StreamingMixin, BlindModeMixin, DeviceMixin, PatchDetectorMixin,
+                BaseDetector):
     """PatchCore (Roth et al. 2021): distance of each patch to a coreset memory bank.
 
     Every training patch goes into a memory bank, which a greedy k-center coreset
@@ -47,6 +52,15 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         with a warning (``n_neighbors_``; the rule: :func:`~skad.detectors.clip_to_data`).
     projection_dim : int or None, default=128
         Random-projection dimension for the coreset selection (None: none).
+    coreset_chunk_size : int, default=200_000
+        Training patches per greedy selection. Up to this many patches the coreset
+        is the paper's exact greedy over all of them; beyond it the images are split
+        at random into chunks of at most this many patches and each chunk is reduced
+        to ``coreset_ratio`` of its patches on its own, so fit time grows linearly
+        with the number of images instead of with ``n x picks`` (greedy k-center
+        composes: each chunk's coreset covers its patches, the union covers them
+        all). Accuracy against the exact selection and fit times:
+        ``benchmarks/results/scale_coreset.md``.
     exclude : {"self"} or None, default=None
         Blind use (``fit(X)`` then score the same ``X``; :class:`BlindModeMixin`):
         ``"self"``: a patch's distance is to its *second* nearest bank patch, so a patch
@@ -68,6 +82,10 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     n_probe : int, default=8
         Lists an "ivf" search visits per query (higher: better recall, slower);
         unused by the other searches.
+    n_jobs : int, -1, "auto" or None, default=None
+        CPU threads of fit and scoring (:func:`skad.utils.thread_limits`): None
+        follows an enclosing ``thread_limits`` block, else "auto" (the cores other
+        processes leave free); -1: all cores.
     contamination : "auto" or float in (0, 0.5], default="auto"
         How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
         is None: "auto" puts it at the least normal calibration sample (none flagged;
@@ -156,7 +174,11 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       for the maps too; on a GPU "auto" searches exactly. Recall, rounds and timings
       on bottle: ``doc/search.md``.
     - Coreset: exact greedy selection (same picks as the naive loop), computed in
-      lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`).
+      lazy batches with pruned updates (:func:`~skad._kernels.coreset.greedy_coreset`),
+      over all patches up to ``coreset_chunk_size``, per chunk of images beyond.
+    - Streaming: :meth:`partial_fit` adds each chunk's coreset to the bank (the search
+      index is built at the first scoring); :func:`skad.scale.fit_streaming` fits from
+      image paths in bounded memory (``doc/scale.md``).
 
     References
     ----------
@@ -185,6 +207,7 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         "nn_method": [StrOptions({"auto", "exact", "cells", "ivf", "nndescent"})],
         "approx_threshold": [Interval(Integral, 1, None, closed="left")],
         "n_probe": [Interval(Integral, 1, None, closed="left")],
+        "coreset_chunk_size": [Interval(Integral, 1, None, closed="left")],
         **DeviceMixin._device_constraint,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -196,10 +219,12 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         coreset_ratio=0.1,
         n_neighbors=9,
         projection_dim=128,
+        coreset_chunk_size=PATCHCORE_CORESET_CHUNK,
         exclude=None,
         nn_method="auto",
         approx_threshold=PATCHCORE_APPROX_THRESHOLD,
         n_probe=8,
+        n_jobs=None,
         contamination="auto",
         calibration="auto",
         false_alarm_rate=None,
@@ -212,11 +237,13 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.coreset_ratio = coreset_ratio
         self.n_neighbors = n_neighbors
         self.projection_dim = projection_dim
+        self.coreset_chunk_size = coreset_chunk_size
         self.exclude = exclude
         self.exclude_self = exclude_self
         self.nn_method = nn_method
         self.approx_threshold = approx_threshold
         self.n_probe = n_probe
+        self.n_jobs = n_jobs
         self.contamination = contamination
         self.calibration = calibration
         self.false_alarm_rate = false_alarm_rate
@@ -237,33 +264,54 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
             )
         rows = patch_rows(X)
         image_ids = np.repeat(np.arange(n, dtype=np.int64), h * w)
+        idx = self._coreset(rows, n, h * w, rng, device)
+        self.coreset_indices_ = idx
+        self.memory_bank_ = rows[idx]
+        self.bank_image_ids_ = image_ids[idx]
+        self._build_index(rng, device)
+        return self
+
+    def _coreset(self, rows, n_images, hw, rng, device):
+        """Rows kept: exact greedy up to ``coreset_chunk_size`` rows, else per chunk of
+        whole images (random image order), each reduced to ``coreset_ratio``.
+
+        The leave-one-image-out training scores need a bank row of another image for
+        every training image: one image's patches plus one row guarantee that, so at
+        least that many rows are kept (with a warning when ``coreset_ratio`` asks for
+        fewer)."""
         n_select = max(1, int(self.coreset_ratio * len(rows)))
-        # The leave-one-image-out training scores need a bank row of another image for
-        # every training image: one image's patches plus one row guarantee that.
-        n_min = min(h * w + 1, len(rows))
+        n_min = min(hw + 1, len(rows))
         if n_select < n_min:
             warnings.warn(
                 f"coreset_ratio={self.coreset_ratio} keeps {n_select} of {len(rows)} patch "
-                f"rows; PatchCore keeps {n_min} (one image's {h * w} patches plus one) so "
+                f"rows; PatchCore keeps {n_min} (one image's {hw} patches plus one) so "
                 "that every training image has a bank row of another image",
-                ClippedParameterWarning, stacklevel=3,
+                ClippedParameterWarning, stacklevel=4,
             )
             n_select = n_min
-        if n_select < len(rows):
-            idx = greedy_coreset(
-                rows, n_select, projection_dim=self.projection_dim, random_state=rng,
-                device=device, verbose="PatchCore coreset" if self.verbose else False,
-            )
-        else:
-            idx = np.arange(len(rows), dtype=np.int64)
-        self.coreset_indices_ = idx
+        n_chunks = max(1, -(-len(rows) // int(self.coreset_chunk_size)))
+        groups = ([np.arange(n_images)] if n_chunks == 1 else
+                  np.array_split(rng.permutation(n_images), min(n_chunks, n_images)))
+        verbose = "PatchCore coreset" if self.verbose else False
+        kept = []
+        for images in groups:
+            sub = (np.sort(images)[:, None] * hw + np.arange(hw)).ravel()
+            k = n_select if len(groups) == 1 else max(
+                1, int(self.coreset_ratio * len(sub)), -(-n_min * len(sub) // len(rows)))
+            if k < len(sub):
+                sub = sub[greedy_coreset(rows[sub] if len(groups) > 1 else rows, k,
+                                         projection_dim=self.projection_dim,
+                                         random_state=rng, device=device, verbose=verbose)]
+            kept.append(sub)
+        return np.concatenate(kept).astype(np.int64)
+
+    def _build_index(self, rng, device):
         self._products_cache = None
-        self.memory_bank_ = rows[idx]
-        self.bank_image_ids_ = image_ids[idx]
-        clip_to_data(self, "n_neighbors", self.n_neighbors, len(idx), "bank rows")
+        clip_to_data(self, "n_neighbors", self.n_neighbors, len(self.memory_bank_),
+                     "bank rows")
         method = self.nn_method
         if method == "auto":
-            approx = len(idx) >= self.approx_threshold and device.type == "cpu"
+            approx = len(self.memory_bank_) >= self.approx_threshold and device.type == "cpu"
             method = "cells" if approx else "exact"
         index = build_index(
             self.memory_bank_, method=method, n_probe=self.n_probe, random_state=rng,
@@ -273,7 +321,36 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.index_ = index
         if self.nn_method_ != "exact":
             self._products()  # in fit, not in the first predict
-        return self
+
+    def _partial_fit(self, X, first):
+        """Add a chunk's coreset to the bank; its calibration scores are the chunk's
+        leave-one-image-out scores against the chunk's own coreset (never lower than
+        against the whole bank: ``offset_`` errs towards fewer false alarms)."""
+        if first:
+            self._stream_rng = check_random_state(self.random_state)
+            self._fit_device()
+        sub = clone(self)
+        sub.random_state = self._stream_rng.randint(np.iinfo(np.int32).max)
+        sub.n_features_in_, sub.patch_shape_ = self.n_features_in_, tuple(X.shape[2:])
+        sub._fit(X)
+        anomaly = sub._offset_scores(X)
+        n_seen = 0 if first else self.n_images_seen_
+        rows_seen = 0 if first else self._stream_rows
+        hw = X.shape[2] * X.shape[3]
+        parts = [] if first else [(self.memory_bank_, self.bank_image_ids_,
+                                   self.coreset_indices_)]
+        parts.append((sub.memory_bank_, sub.bank_image_ids_ + n_seen,
+                      sub.coreset_indices_ + rows_seen))
+        self.memory_bank_ = np.concatenate([p[0] for p in parts])
+        self.bank_image_ids_ = np.concatenate([p[1] for p in parts])
+        self.coreset_indices_ = np.concatenate([p[2] for p in parts])
+        self._stream_rows = rows_seen + len(X) * hw
+        self.index_ = self.nn_method_ = None  # built at the first scoring (_ensure_index)
+        return anomaly
+
+    def _ensure_index(self):
+        if self.index_ is None:
+            self._build_index(self._stream_rng, self.device_)
 
     def _products(self):
         """:func:`~skad._kernels.refine.bank_products` of the bank plus, from the
@@ -340,6 +417,7 @@ class PatchCore(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         return self._index_search(q, k, groups, coarse=True)
 
     def _patch_scores(self, X, exclude_own_image, maps=True):
+        self._ensure_index()
         n, c, h, w = X.shape
         hw = h * w
         rows = patch_rows(X)

@@ -14,7 +14,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ..utils import resolve_device, torch_threads
+from ..utils import resolve_device
+from ..utils._threads import _check_n_threads, estimator_threads
 from ..utils._torch import cpu_state_dict
 from ..utils._loading import loaded_device
 from ..utils._sklearn_compat import Interval, StrOptions
@@ -182,9 +183,12 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         of small batches stay in cache: Lite0 at 224 px runs about 3x faster with 4
         than with 16 images per pass on 2 cores, ``benchmarks/results/extractor_speed.md``),
         32 on a GPU.
-    n_threads : int, default=None
-        Torch CPU threads during ``transform`` (restored afterwards); ``None`` leaves
-        torch's setting.
+    n_threads : int, -1, "auto" or None, default=None
+        CPU threads (torch, BLAS, OpenMP) during ``transform``, restored afterwards
+        (:func:`skad.utils.thread_limits`): a count; -1: all available cores; "auto":
+        the cores other processes leave free now; None: the count of an enclosing
+        ``thread_limits`` block, else "auto" (so a busy machine is not oversubscribed:
+        ``doc/scale.md``).
     verbose : bool, default=False
         Show a progress bar (tqdm) in ``transform``.
 
@@ -268,7 +272,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         "weights": [StrOptions({"default"}), str, os.PathLike, None],
         "device": [str, torch.device],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "n_threads": [Interval(Integral, -1, None, closed="left"), StrOptions({"auto"}), None],
         "verbose": ["verbose"],
     }
 
@@ -410,6 +414,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         self : PatchFeatureExtractor
         """
         self._validate_params()
+        _check_n_threads(self.n_threads, "n_threads")
         images = check_images(X)
         self.layers_ = self._check_layers()
         self.input_size_ = self._check_input_size()
@@ -512,7 +517,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
             batches = tqdm(batches, total=math.ceil(n / batch_size),
                            desc="PatchFeatureExtractor", unit="batch")
         try:
-            with (torch_threads(self.n_threads), _full_float32(self.device_),
+            with (estimator_threads(self.n_threads), _full_float32(self.device_),
                   torch.inference_mode()):
                 for start in batches:
                     sl = slice(start, min(start + batch_size, n))

@@ -8,12 +8,10 @@ derives torch randomness from ``random_state`` with :func:`torch_generator` /
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 from sklearn.utils import check_random_state
 
-__all__ = ["cpu_state_dict", "resolve_device", "seed_from", "torch_generator", "torch_threads"]
+__all__ = ["cpu_state_dict", "resolve_device", "seed_from", "torch_generator"]
 
 
 def resolve_device(device=None, *tensors):
@@ -98,22 +96,6 @@ def torch_generator(random_state, device="cpu"):
     gen = torch.Generator(device=resolve_device(device))
     gen.manual_seed(seed_from(random_state))
     return gen
-
-
-@contextmanager
-def torch_threads(n_threads):
-    """Run the block with ``n_threads`` torch CPU threads (``None``: leave torch's setting)."""
-    import torch
-
-    if n_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def cpu_state_dict(module):
