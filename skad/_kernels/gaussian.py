@@ -28,9 +28,9 @@ def _lapack_threads(device):
     (2-core machine under load: a batch of 784 Cholesky factorisations of 152 x 152
     took 10.1 s with 2 threads and 0.36 s with 1; ``doc/npad.md``).
     """
-    from ..utils._torch import torch_threads
+    from ..utils._threads import thread_limits
 
-    return torch_threads(1 if device.type == "cpu" else None)
+    return thread_limits(1 if device.type == "cpu" else None)
 
 
 def fit_gaussians(X, *, shrinkage=0.0, eps=0.01, chunk_size=None, working_memory=256,

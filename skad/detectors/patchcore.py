@@ -329,6 +329,7 @@ class PatchCore(StreamingMixin, BlindModeMixin, DeviceMixin, PatchDetectorMixin,
         if first:
             self._stream_rng = check_random_state(self.random_state)
             self._fit_device()
+            self._fit_exclude()
         sub = clone(self)
         sub.random_state = self._stream_rng.randint(np.iinfo(np.int32).max)
         sub.n_features_in_, sub.patch_shape_ = self.n_features_in_, tuple(X.shape[2:])
