@@ -25,14 +25,15 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     compared with every patch of those nearest training images; its score is the
     mean distance to its ``n_pixel_neighbors`` nearest patches.
 
-    The pixel search is exact (``nn_method="exact"``: every test patch against the
-    ``K * h * w`` patches of its image's nearest training images, several GFLOP per
-    image at the defaults) or, by default on the CPU, PatchCore's "cells" search over
-    all training patches restricted to those images
-    (:meth:`~skad._kernels.ann.NeighborIndex.query` with ``allowed``): a miss returns
+    The pixel search is exact (``nn_method="exact"``, the default: every test patch
+    against the ``K * h * w`` patches of its image's nearest training images, several
+    GFLOP per image at the defaults) or PatchCore's "cells" search over all training
+    patches restricted to those images (``nn_method="cells"``;
+    :meth:`~skad._kernels.ann.NeighborIndex.query` with ``allowed``): a miss returns
     a farther patch of an allowed image, so a pixel can only look more anomalous.
-    Its recall and the accuracy beside the exact search on bottle:
-    ``benchmarks/results/spade_predict_ratio.md``.
+    "cells" is not the default: on bottle it did not make predict faster (3.48x vs
+    3.36x the backbone, paired under load) and its index made fit ~200x slower; recall
+    and accuracy beside the exact search: ``benchmarks/results/issue19_speed.md``.
 
     Parameters
     ----------
@@ -71,6 +72,10 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         smallest anomaly score), so a new normal sample is flagged with probability at
         most ``false_alarm_rate`` when the calibration scores are unbiased. Leave
         ``contamination="auto"`` with it.
+    nn_method : {"auto", "exact", "cells"}, default="auto"
+        Pixel-level search (see above); "auto" is "exact".
+    random_state : int, RandomState instance or None, default=None
+        Seeds the "cells" index (its k-means).
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps (the paper uses 4).
     device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
@@ -190,7 +195,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
                      K * X.shape[2] * X.shape[3], "patches of the K nearest training images")
         method = self.nn_method
         if method == "auto":
-            method = "cells" if self.device_.type == "cpu" else "exact"
+            method = "exact"  # "cells" did not pay on bottle (see the Notes above)
         self.index_ = build_index(patch_rows(X), method=method,
                                   random_state=self.random_state, device=self.device_)
         self.nn_method_ = self.index_.method_
