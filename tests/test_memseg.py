@@ -26,7 +26,9 @@ def _images(n=10, seed=0):
 def _det(**params):
     base = dict(n_memory=2, max_iter=3, batch_size=4, top_k=20, random_state=0,
                 device="cpu")
-    return MemSeg(PatchFeatureExtractor(input_size=SIZE), **{**base, **params})
+    # ImageNet statistics, as MemSeg's default extractor
+    ext = PatchFeatureExtractor(input_size=SIZE, normalize="imagenet")
+    return MemSeg(ext, **{**base, **params})
 
 
 @pytest.fixture(scope="module")

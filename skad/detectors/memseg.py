@@ -250,8 +250,8 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         fusion are not used). ``None``: ``PatchFeatureExtractor(input_size=160,
         pooling=1, normalize="imagenet")`` on EfficientNet-Lite0 with MemSeg's layers
         (ImageNet statistics: those MemSeg's benchmark figures were measured with; the
-        extractor's cross-set default ``"auto"`` is not measured for MemSeg yet). With ``layers=None``
-        the layers follow the backbone (:data:`MEMSEG_LAYERS`: Lite ``blocks.0``,
+        extractor's cross-set default ``"auto"`` is not measured for MemSeg yet). With
+        ``layers=None`` the layers follow the backbone (:data:`MEMSEG_LAYERS`: Lite ``blocks.0``,
         ``blocks.1/2/4`` (memory, strides 4/8/16), ``blocks.6``; ResNet ``relu``,
         ``layer1-3`` (memory), ``layer4``, the paper's); else give five layers in that
         role order. ``fit`` trains a clone; the object passed is never changed.
