@@ -122,6 +122,16 @@ def test_pickle_roundtrip_identical_scores(fitted, data):
                                   fitted.anomaly_map(data.test_images))
 
 
+def test_pickles_with_the_old_memory_attribute_name_load(fitted, data):
+    state = dict(fitted.__getstate__())
+    state["memory_image_indices_"] = state.pop("memory_indices_")  # name before 0.1
+    old = SMCC.__new__(SMCC)
+    old.__setstate__(state)
+    np.testing.assert_array_equal(old.memory_indices_, fitted.memory_indices_)
+    np.testing.assert_array_equal(old.score_samples(data.test_images),
+                                  fitted.score_samples(data.test_images))
+
+
 def test_nested_params_and_grid_search(data):
     pipe = make_pipeline(_smcc(epochs=1))
     params = pipe.get_params()

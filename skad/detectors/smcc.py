@@ -137,7 +137,7 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         Size of the center set ``S`` used by the self-update.
     memory_ : ndarray of float32, shape (memory_size * h * w, C)
         The memory bank (rows of the memory images' patch maps).
-    memory_image_indices_ : ndarray of int64
+    memory_indices_ : ndarray of int64
         Training images whose patches are in ``memory_``.
     n_neighbors_ : int
         ``K`` used.
@@ -346,10 +346,10 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
 
         # memory bank: one batch of training images under the kept network
         size = min(self.batch_size if self.memory_size is None else self.memory_size, n)
-        self.memory_image_indices_ = np.sort(rng.choice(n, size, replace=False)).astype(np.int64)
+        self.memory_indices_ = np.sort(rng.choice(n, size, replace=False)).astype(np.int64)
         train_feats = ext.transform(X)
         self.feature_shape_ = train_feats.shape[2:]
-        self.memory_ = patch_rows(train_feats[self.memory_image_indices_])
+        self.memory_ = patch_rows(train_feats[self.memory_indices_])
         # the training scores leave a memory image's own patches out (_offset_scores)
         hw = int(np.prod(self.feature_shape_))
         clip_to_data(self, "n_neighbors", self.n_neighbors,
@@ -423,6 +423,9 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     def __setstate__(self, state):
         if "memory_" in state and "n_neighbors_" not in state:  # before n_neighbors_
             state = dict(state, n_neighbors_=state["n_neighbors"])
+        if "memory_image_indices_" in state:  # named memory_indices_ as in MemSeg since 0.1
+            state = dict(state)
+            state["memory_indices_"] = state.pop("memory_image_indices_")
         super().__setstate__(state)
 
     def _offset_scores(self, X):
@@ -431,13 +434,13 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
             feats = self.extractor_.transform(X)
         n, _, h, w = feats.shape
         rows = patch_rows(feats)
-        if len(self.memory_image_indices_) < 2:
+        if len(self.memory_indices_) < 2:
             dist, _ = self.index_.query(rows, self.n_neighbors_)
         else:
             # a memory image's patches are scored without its own patches
             dist, _ = self.index_.query(
                 rows, self.n_neighbors_, query_groups=np.repeat(np.arange(n), h * w),
-                bank_groups=np.repeat(self.memory_image_indices_, h * w))
+                bank_groups=np.repeat(self.memory_indices_, h * w))
         maps = dist.mean(axis=1).reshape(n, h, w)
         return maps.reshape(n, -1).max(axis=1)
 
