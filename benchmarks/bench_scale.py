@@ -15,6 +15,10 @@ under the benchmark lock):
   single-chunk greedy (up to 1,000 images: it is quadratic). 5,000 images are fed by
   ``partial_fit`` in chunks of 250 (2.4 GB of features never exist at once).
   -> results/scale_fit.md
+- ``fit_all``: the same for PaDiM, SPADE, N-pad and PatchCluster with their defaults
+  (in memory up to ``--max-in-memory`` images, ``partial_fit`` in chunks of 250 above
+  it where the detector streams; the others are listed as not run).
+  -> results/scale_fit_all.md
 - ``memory``: peak RSS of :func:`skad.scale.fit_streaming` on N random 64 px PNG files
   written to disk (extractor at 64 px input), N = 1,000 and 10,000, PaDiM and PatchCore,
   each in a fresh process. -> results/scale_memory.md
@@ -147,6 +151,69 @@ def part_fit(args):
                        f"28x28) resampled, plus Gaussian noise of {args.noise} x their std",
                   notes="fit_s includes the coreset, the search index and the calibration "
                         "scores (everything fit does after the backbone).")
+
+
+_FIT_ALL = {
+    "PaDiM": ("skad.detectors", "PaDiM", {"random_state": 0}),
+    "SPADE": ("skad.detectors", "SPADE", {}),
+    "N-pad": ("skad.detectors", "NPad", {"random_state": 0}),
+    "PatchCluster": ("skad.detectors", "PatchCluster", {"random_state": 0}),
+}
+
+
+def part_fit_all(args):
+    """Default fit time of the other detectors against the number of images."""
+    import importlib
+
+    _, train, _ = _bottle_features()
+    rng = np.random.default_rng(0)
+    rows = []
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for name in args.detectors.split(","):
+        module, cls, params = _FIT_ALL[name]
+        make = getattr(importlib.import_module(module), cls)
+        for n in sizes:
+            det = make(**params)
+            streaming = hasattr(det, "partial_fit")
+            if n > args.max_in_memory and not streaming:
+                rows.append({"detector": name, "images": n, "mode": "not run",
+                             "fit_s": float("nan"), "fit ms / image": float("nan"),
+                             "note": f"no partial_fit; {n} images' features would be "
+                                     f"{n * train[0].nbytes / 1e9:.1f} GB at once"})
+                print(rows[-1], flush=True)
+                continue
+            if n <= args.max_in_memory:
+                X = _resampled(train, n, rng, args.noise)
+                t = time.perf_counter()
+                det.fit(X)
+                fit_s = time.perf_counter() - t
+                mode = "fit"
+                del X
+            else:
+                fit_s = 0.0
+                for s in range(0, n, 250):
+                    X = _resampled(train, min(250, n - s), rng, args.noise)
+                    t = time.perf_counter()
+                    det.partial_fit(X)
+                    fit_s += time.perf_counter() - t
+                    del X
+                mode = "partial_fit x 250 images"
+            rows.append({"detector": name, "images": n, "mode": mode, "fit_s": fit_s,
+                         "fit ms / image": 1000 * fit_s / n, "note": ""})
+            print(rows[-1], flush=True)
+            del det
+    for r in rows:
+        ref = next(x for x in rows if x["detector"] == r["detector"])
+        r["time / (smallest N time x N ratio)"] = (
+            r["fit_s"] / (ref["fit_s"] * r["images"] / ref["images"]))
+    write_results(args.name or "scale_fit_all", rows,
+                  f"python benchmarks/bench_scale.py --part fit_all --detectors "
+                  f"{args.detectors} --sizes {args.sizes} --max-in-memory "
+                  f"{args.max_in_memory} --noise {args.noise}",
+                  data="bottle training features (the extractor's defaults, cached) "
+                       f"resampled, plus Gaussian noise of {args.noise} x their std",
+                  notes="Default parameters (calibration included: it is part of fit). "
+                        "Last column: 1.0 = exactly linear from the smallest size.")
 
 
 _MEMORY_CHILD = r"""
@@ -300,7 +367,7 @@ def part_recall(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", required=True, choices=["accuracy", "fit", "memory", "dask", "recall"])
+    ap.add_argument("--part", required=True, choices=["accuracy", "fit", "fit_all", "memory", "dask", "recall"])
     ap.add_argument("--sizes", default=None)
     ap.add_argument("--methods", default="padim,patchcore")
     ap.add_argument("--folder", default=None)
@@ -311,11 +378,13 @@ def main(argv=None):
     ap.add_argument("--name", default=None)
     ap.add_argument("--threshold", type=int, default=250_000)
     ap.add_argument("--n-queries", type=int, default=2000)
+    ap.add_argument("--detectors", default="PaDiM,SPADE,N-pad,PatchCluster")
+    ap.add_argument("--max-in-memory", type=int, default=1000)
     args = ap.parse_args(argv)
     if args.sizes is None:
-        args.sizes = {"fit": "200,1000,5000", "memory": "1000,10000",
+        args.sizes = {"fit": "200,1000,5000", "fit_all": "200,1000,5000", "memory": "1000,10000",
                       "recall": "330"}.get(args.part, "")
-    {"accuracy": part_accuracy, "fit": part_fit, "memory": part_memory,
+    {"accuracy": part_accuracy, "fit": part_fit, "fit_all": part_fit_all, "memory": part_memory,
      "dask": part_dask, "recall": part_recall}[args.part](args)
 
 
