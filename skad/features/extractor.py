@@ -155,14 +155,15 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         (``"lite"`` for EfficientNet-Lite, ``"imagenet"`` for the ResNets and module
         instances). Chosen on every shared data set (``doc/defaults.md``): on Lite0,
         ImageNet's std doubles the input amplitude its weights were trained on and
-        saturates the stem; it cost 0.028 image AUROC on both ELPV cell types (0.10 on
-        a grayscale industrial set) for +0.005 pixel AUROC on bottle.
+        saturates the stem; with the default layers it cost 0.020 / 0.038 image AUROC
+        on ELPV mono / poly (0.10 on a grayscale industrial set, blocks 2 + 4) for
+        +0.004 pixel AUROC on bottle.
     pooling : int or None, default=3
         Local neighbourhood aggregation: ``k x k`` average pooling with stride 1 and
         padding ``k // 2`` (``k`` odd) of each layer's map, PatchCore's 3 x 3 by
         default. ``1`` or ``None``: no pooling -- use it for thin defects (cracks,
         scratches a few pixels wide): on CrackForest it raised PatchCore's pixel AUROC
-        from 0.58 to 0.85, while 3 x 3 kept the image AUROC of textures and ELPV cells
+        from 0.63 to 0.85 (default features), while 3 x 3 kept the image AUROC of textures and ELPV cells
         (``doc/defaults.md``).
     pool_include_pad : bool, default=True
         Whether the zero padding counts in the border averages of the pooling
