@@ -268,6 +268,18 @@ def _fmt(v):
     return str(v)
 
 
+def default_features():
+    """One line naming the extractor's default features (``PatchFeatureExtractor()`` on
+    BACKBONE), so a results file says which defaults its figures were measured with."""
+    ext = _extractor()
+    layers = ext._check_layers()
+    mean, std = ext._check_normalize()
+    p = ext.get_params(deep=False)
+    return (f"layers {' + '.join(layers)}, normalize {p['normalize']!r} (mean {mean[0]:g}.., "
+            f"std {std[0]:g}..), pooling {p['pooling']}, pool_include_pad "
+            f"{p['pool_include_pad']}, upsample {p['upsample']!r}, input_size {p['input_size']}")
+
+
 def write_results(name, rows, command, *, notes="", backbone=None, data="MVTec AD bottle"):
     """Write ``benchmarks/results/<name>.md`` (table of ``rows``) and ``<name>.json``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -281,7 +293,7 @@ def write_results(name, rows, command, *, notes="", backbone=None, data="MVTec A
         f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- machine: {m['nproc']} cores, {m['cpu']}; load at write time: `{m['uptime']}`",
         f"- software: python {m['python']}, torch {m['torch']}, numpy {m['numpy']}",
-        f"- backbone: {backbone or BACKBONE}",
+        f"- backbone: {backbone or BACKBONE}; extractor defaults: {default_features()}",
         f"- data: {data}",
         f"- command: `{command}`",
         "",

@@ -1,8 +1,10 @@
 """Baselines on MVTec AD bottle (one-class): PatchCore, PaDiM, SPADE, LOF on patches / pooled.
 
-Default backbone (EfficientNet-Lite0 blocks 2 + 4, strides 8 + 16, 40 + 112 channels,
-3x3 local pooling with zero padding counted, bilinear layer fusion), images resized to
-256 and centre-cropped to 224. Every detector is evaluated in a fresh process (2 torch
+The extractor's default features (EfficientNet-Lite0 blocks 2 + 3, strides 8 + 16,
+40 + 80 channels, Lite normalisation, 3x3 local pooling with zero padding counted,
+bilinear layer fusion; bottle_baselines.md was measured with the pre-#21 defaults,
+blocks 2 + 4 and ImageNet statistics; the results file's header names the defaults a run
+used), images resized to 256 and centre-cropped to 224. Every detector is evaluated in a fresh process (2 torch
 threads) so its peak RSS can be reported. Also: the paper's PaDiM features (no
 pooling, nearest layer fusion), the pooling-padding ablation that chose the
 extractor's default, coreset selection times at 1 % and 10 %, the backbone's forward
@@ -61,7 +63,7 @@ def make(name):
         "PatchCore 10% (faiss IVF)": lambda: PatchCore(coreset_ratio=0.1, nn_method="ivf",
                                                        random_state=0, device="cpu"),
         "PatchCore 1%": lambda: PatchCore(coreset_ratio=0.01, random_state=0, device="cpu"),
-        "PaDiM (152 ch)": lambda: PaDiM(n_features=None, random_state=0, device="cpu"),
+        "PaDiM (all ch)": lambda: PaDiM(n_features=None, random_state=0, device="cpu"),
         "PaDiM (100 ch)": lambda: PaDiM(n_features=100, random_state=0, device="cpu"),
         "SPADE (K=50)": lambda: SPADE(n_neighbors=50, device="cpu"),
         "LOF on patches": lambda: PatchOutlierDetector(
@@ -230,7 +232,8 @@ def main(argv=None):
         "default": {},
         "PaDiM paper (no pooling, nearest fusion)": {"pooling": 1, "upsample": "nearest"},
         "pooling without padding": {"pool_include_pad": False},
-        "lite normalisation": {"normalize": "lite"},
+        "old defaults (imagenet, blocks 2-4)": {"normalize": "imagenet",
+                                                "layers": ("blocks.2", "blocks.4")},
     }
     feats = {}
 
@@ -247,8 +250,8 @@ def main(argv=None):
 
     # cheapest first, so a partial run (written after every row) still has most rows
     runs = [
-        ("PaDiM (152 ch)", "PaDiM paper (no pooling, nearest fusion)", False),
-        ("PaDiM (152 ch)", "default", False),
+        ("PaDiM (all ch)", "PaDiM paper (no pooling, nearest fusion)", False),
+        ("PaDiM (all ch)", "default", False),
         ("LOF on pooled features", "default", True),
         ("PatchCore 1%", "default", False),
         ("PatchCore 1%", "pooling without padding", False),

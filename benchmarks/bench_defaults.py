@@ -1,7 +1,7 @@
 """Choose the extractor's and detectors' defaults on every shared data set (issue #21).
 
-One-factor-at-a-time around the current default, plus the interactions the hidden
-grayscale set pointed at. Every candidate is scored on every set with its protocol:
+One-factor-at-a-time around the default, plus the interactions the hidden grayscale set
+pointed at. Every candidate is scored on every set with its protocol:
 
 =============  ==============================================================  ==========
 set            protocol                                                        metrics
@@ -14,29 +14,43 @@ elpv_mono      ELPV mono cells: 80 % of the probability-0 cells train (seed 0), 
                <= 100 defective (the machine was shared by ~6 jobs: load 10)
 elpv_poly      the same for poly cells                                         image AUROC
 crackforest    blind / Ano: the 118 images with masks fitted and scored        pixel AUROC
-               together (``exclude_self=True``)
+               together (``exclude="self"``)
 synth_<kind>   ``make_synthetic(kind, n_train=60, n_test=60, seed 0)``,        image, pixel AUROC
                kinds texture, object, mixed (128 px)
 =============  ==============================================================  ==========
+
+Candidate names: ``"default"`` is the extractor's current default, read from
+``PatchFeatureExtractor()`` when the candidate is scored (its resolved settings are stored
+in the row; ``--part report`` flags a row whose settings are no longer the default), and
+``"default, ..."`` changes one factor of it. The other names change one factor of the
+pre-#21 default (``"imagenet (pre-#21 default)"``: ImageNet normalisation, Lite blocks
+2 + 4, 3 x 3 pooling with padding counted, 224 px), the base of the first grid.
 
 The backbone runs once per (set, input normalisation, input size): the raw maps of
 ``blocks.2``, ``blocks.3``, ``blocks.4`` are cached under ``$SKAD_DEFAULTS_CACHE`` (default
 ``/tmp/skad-defaults-cache``), and every pooling / padding / layer / fusion candidate is
 built from them with the extractor's own :class:`~skad.features.extractor.PatchFeatureModule`
-(a check in ``--part extract`` asserts that the default candidate equals
-``PatchFeatureExtractor().transform`` to float rounding).
+(a check in ``--part extract`` asserts that the ``"default"`` candidate equals
+``PatchFeatureExtractor().transform`` to float rounding). Input size: bottle is loaded
+at ``round(size * 256 / 224)`` -> centre crop ``size`` (the same field of view as
+256 -> 224, masks at ``size``); ELPV (300 px cells) and CrackForest (480 x 320) are
+resized by the extractor from their files' size; the synthetic sets are drawn at 128 px,
+so sizes above 224 only upsample them and are not run there.
 
 Parts (each well under 10 minutes of 2-core CPU)::
 
-    python benchmarks/bench_defaults.py --part extract --set bottle bottle_rto ...
-    python benchmarks/bench_defaults.py --part extractor --set bottle ...
-    python benchmarks/bench_defaults.py --part detector --set bottle ...
+    python benchmarks/bench_defaults.py --part extract --set bottle bottle_rto ... [--size 320]
+    python benchmarks/bench_defaults.py --part extractor --set bottle ... [--candidate NAME ...]
+    python benchmarks/bench_defaults.py --part detector --set bottle ... [--group G ...]
+        [--candidate EXTRACTOR_CANDIDATE ...]
     python benchmarks/bench_defaults.py --part gray
     python benchmarks/bench_defaults.py --part report
 
 Rows are appended to ``benchmarks/results/defaults_raw.jsonl`` (one per set, candidate and
 metric group; a rerun replaces the rows of the same key); ``--part report`` writes the
-tables and ranks to ``benchmarks/results/defaults_table.md``.
+tables and ranks to ``benchmarks/results/defaults_table.md``, with every column where a
+group's default row (``DEFAULT_ROWS``) is more than 0.01 below the group's best candidate.
+The commands behind the stored rows: ``benchmarks/results/defaults.md``.
 """
 
 from __future__ import annotations
@@ -76,10 +90,12 @@ NORMS = {
 }
 
 # extractor candidates: (name, normalise, input size, layers, pooling, include_pad, upsample)
+# the pre-#21 default, base of the first grid's names
 BASE = dict(norm="imagenet", size=224, layers=("blocks.2", "blocks.4"), pooling=3,
             pad=True, upsample="bilinear")
+OLD_DEFAULT = "imagenet (pre-#21 default)"
 EXTRACTOR_CANDIDATES = {
-    "default (imagenet, pad)": {},
+    OLD_DEFAULT: {},
     "norm=lite": {"norm": "lite"},
     "norm=imagenet_mono": {"norm": "imagenet_mono"},
     "norm=per_image": {"norm": "per_image"},
@@ -95,11 +111,36 @@ EXTRACTOR_CANDIDATES = {
     "lite, pooling=1": {"norm": "lite", "pooling": 1},
     "lite, layers=2+3, pooling=1": {"norm": "lite", "layers": ("blocks.2", "blocks.3"),
                                     "pooling": 1},
+    # the current default and one-factor changes of it (resolved in candidate())
+    "default": {},
+    "default, size=320": {"size": 320},
 }
 
 
+def current_default():
+    """The extractor's default settings in this script's terms (from PatchFeatureExtractor())."""
+    from skad.features import PatchFeatureExtractor
+
+    ext = PatchFeatureExtractor()
+    p = ext.get_params(deep=False)
+    mean_std = tuple(tuple(v) for v in ext._check_normalize())
+    norm = [k for k, v in NORMS.items() if v is not None
+            and tuple(tuple(x) for x in v) == mean_std]
+    if not norm or not isinstance(p["input_size"], int):
+        raise RuntimeError(f"the extractor's default is not in this script's grid: {p}")
+    return {"norm": norm[0], "size": p["input_size"], "layers": tuple(ext._check_layers()),
+            "pooling": p["pooling"], "pad": p["pool_include_pad"], "upsample": p["upsample"]}
+
+
 def candidate(name):
+    if name == "default" or name.startswith("default, "):
+        return {**current_default(), **EXTRACTOR_CANDIDATES[name]}
     return {**BASE, **EXTRACTOR_CANDIDATES[name]}
+
+
+def _settings(cand):
+    """A row's record of the settings it was scored with (JSON-friendly)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cand.items()}
 
 
 # ------------------------------------------------------------------------- data
@@ -126,17 +167,22 @@ def _elpv(cell_type):
                      f"normals + {len(defect)} of the defective (p >= 2/3) cells (seed {SEED})")
 
 
-def load_set(name):
-    """dict(train, test, labels, masks, blind, note) of a set under its protocol."""
+def load_set(name, size=224):
+    """dict(train, test, labels, masks, blind, note) of a set under its protocol.
+
+    ``size``: the extractor's input size the set is for (bottle is cropped to it)."""
+    if name.startswith("synth_") and size > 224:
+        raise ValueError(f"--set {name}: drawn at 128 px; input size {size} only upsamples")
     if name in ("bottle", "bottle_rto"):
-        d = bottle_data()
+        d = bottle_data() if size == 224 else bottle_data(resize=round(size * 256 / 224),
+                                                          crop=size)
         if name == "bottle_rto":
             from skad.datasets import make_rto
 
             d = make_rto(d, random_state=SEED)
         return dict(train=d.train_images, test=d.test_images, labels=d.test_labels,
                     masks=d.test_masks, blind=False,
-                    note="MVTec AD bottle 256 -> 224" + (", make_rto seed 0" if "rto" in name
+                    note=f"MVTec AD bottle {round(size * 256 / 224)} -> {size}" + (", make_rto seed 0" if "rto" in name
                                                         else ""))
     if name.startswith("elpv_"):
         return _elpv(name.split("_")[1])
@@ -225,6 +271,20 @@ def features(set_name, data, cand):
     return tr, fuse(maps_te, cand)
 
 
+class _Sets:
+    """The sets under their protocol, loaded once per (set, input size)."""
+
+    def __init__(self):
+        self._data = {}
+
+    def __call__(self, name, size=224):
+        key = (name, size if name in ("bottle", "bottle_rto") else 224)
+        if key not in self._data:
+            self._data[key] = load_set(name, size)
+            self._data[key]["pro"] = name == "bottle"
+        return self._data[key]
+
+
 # ------------------------------------------------------------------- scoring
 def score(detector, data, train, test):
     from skad.metrics import image_auroc, pixel_auroc, pro_score
@@ -253,7 +313,7 @@ def patchcore(data, **params):
 
     params = {"coreset_ratio": 0.1, "random_state": SEED, "device": "cpu", **params}
     if data["blind"]:
-        params["exclude_self"] = True
+        params["exclude"] = "self"
     return PatchCore(**params)
 
 
@@ -282,38 +342,39 @@ def part_extract(sets, norms, sizes):
     from skad.features import PatchFeatureExtractor
 
     for s in sets:
-        data = load_set(s)
         for size in sizes:
+            data = load_set(s, size)
             for norm in norms:
                 t = time.perf_counter()
                 layer_maps(s, "train", data["train"], norm, size)
                 if not data["blind"]:
                     layer_maps(s, "test", data["test"], norm, size)
                 _log(f"{s} {norm} {size}: {time.perf_counter() - t:.1f} s")
-        if "imagenet" in norms and 224 in sizes:
+        default = candidate("default")
+        if default["norm"] in norms and default["size"] in sizes:
             # the cached path equals the extractor (default candidate, first images)
-            ext = PatchFeatureExtractor(normalize="imagenet", pool_include_pad=True,
-                                        device="cpu").fit(data["train"][:1])
+            ext = PatchFeatureExtractor(device="cpu").fit(data["train"][:1])
             ref = ext.transform(data["train"][:4])
-            got = fuse({k: v[:4] for k, v in layer_maps(s, "train", data["train"], "imagenet",
-                                                         224).items()}, candidate(
-                "default (imagenet, pad)"))
+            got = fuse({k: v[:4] for k, v in layer_maps(s, "train", data["train"],
+                                                         default["norm"], default["size"]
+                                                         ).items()}, default)
             err = float(np.abs(ref - got).max() / np.abs(ref).max())
-            _log(f"{s}: cached default vs PatchFeatureExtractor: max rel. diff {err:.2e}")
+            _log(f"{s}: cached default {default} vs PatchFeatureExtractor(): max rel. diff "
+                 f"{err:.2e}")
             assert err < 1e-4, err
 
 
 def part_extractor(sets, names):
+    load = _Sets()
     for s in sets:
-        data = load_set(s)
-        data["pro"] = s == "bottle"
         rows = []
         for name in names:
             cand = candidate(name)
+            data = load(s, cand["size"])
             tr, te = features(s, data, cand)
             res = score(patchcore(data), data, tr, te)
             rows.append({"set": s, "group": "extractor (PatchCore 10 %)", "candidate": name,
-                         **res})
+                         **res, "settings": _settings(cand)})
             _log(f"{s} | {name}: {res}")
         _append(rows)
 
@@ -323,21 +384,40 @@ DETECTOR_CANDIDATES = {
     # equal to an extractor-grid row (PatchCore's defaults) reuses that row
     "PatchCore coreset_ratio": {
         f"{ext_name} | coreset={r}": (ext_name, patchcore, {"coreset_ratio": r})
-        for ext_name in ("default (imagenet, pad)", "norm=lite") for r in (0.01, 0.1)
+        for ext_name in (OLD_DEFAULT, "norm=lite", "default") for r in (0.01, 0.1)
     },
+    # K: b of eq. 7, the neighbourhood N_b(m*) of the image score's reweighting (the patch
+    # score is the distance to the single nearest bank patch, as in the paper). b = 1 is
+    # not a candidate: N_b(m*) = {m*} makes the weight 1 - exp(u) / exp(u) = 0 for every
+    # image (constant image scores)
     "PatchCore n_neighbors (eq. 7 b)": {
-        f"norm=lite | K={k}": ("norm=lite", patchcore, {"n_neighbors": k}) for k in (3, 9, 27)
+        f"default | K={k}": ("default", patchcore, {"n_neighbors": k}) for k in (3, 9, 27)
     },
     "PaDiM channels / features": {
-        f"{ext_name} | n_features={nf}": (ext_name, padim, {"n_features": nf})
-        for ext_name in ("default (imagenet, pad)", "norm=lite", "paper (pool 1, nearest)",
-                         "lite, paper (pool 1, nearest)")
-        for nf in (100, 152)
+        **{f"{ext_name} | n_features={nf}": (ext_name, padim, {"n_features": nf})
+           for ext_name in (OLD_DEFAULT, "norm=lite", "paper (pool 1, nearest)",
+                            "lite, paper (pool 1, nearest)")
+           for nf in (100, 152)},
+        # with the default's 120 channels: PaDiM's default 100 and all of them, on the
+        # default features and on the paper's fusion of the default layers
+        **{f"{ext_name} | n_features={nf or 'all'}": (ext_name, padim, {"n_features": nf})
+           for ext_name in ("default", "default, paper (pool 1, nearest)")
+           for nf in (100, None)},
     },
 }
 EXTRACTOR_CANDIDATES["paper (pool 1, nearest)"] = {"pooling": 1, "upsample": "nearest"}
 EXTRACTOR_CANDIDATES["lite, paper (pool 1, nearest)"] = {"norm": "lite", "pooling": 1,
                                                          "upsample": "nearest"}
+EXTRACTOR_CANDIDATES["default, paper (pool 1, nearest)"] = {"pooling": 1, "upsample": "nearest"}
+
+
+#: the row of each group that is skad's default (extractor and detector defaults together)
+DEFAULT_ROWS = {
+    "extractor (PatchCore 10 %)": "default",
+    "PatchCore coreset_ratio": "default | coreset=0.1",
+    "PatchCore n_neighbors (eq. 7 b)": "default | K=9",
+    "PaDiM channels / features": "default | n_features=100",
+}
 
 
 def _existing(set_name, candidate_name):
@@ -351,26 +431,34 @@ def _existing(set_name, candidate_name):
     return None
 
 
-def part_detector(sets, groups):
-    defaults = {"coreset_ratio": 0.1, "n_neighbors": 9}
+def part_detector(sets, groups, ext_names=None):
+    from skad.detectors import PatchCore
+
+    defaults = PatchCore(coreset_ratio=0.1).get_params()
+    load = _Sets()
     for s in sets:
-        data = load_set(s)
-        data["pro"] = s == "bottle"
         for group in groups:
             rows = []
             for name, (ext_name, factory, params) in DETECTOR_CANDIDATES[group].items():
+                if ext_names and ext_name not in ext_names:
+                    continue
+                cand = candidate(ext_name)
+                data = load(s, cand["size"])
                 if factory is padim and data["blind"]:
                     continue  # PaDiM has no blind mode (a Gaussian per position of the set)
                 same = _existing(s, ext_name) if (
                     factory is patchcore and all(defaults[k] == v for k, v in params.items())
                 ) else None
-                if same is not None:
+                if same is not None and same.get("settings", _settings(cand)) == _settings(
+                        cand):
                     res = {k: v for k, v in same.items() if k not in ("set", "group",
-                                                                      "candidate")}
+                                                                      "candidate",
+                                                                      "settings")}
                 else:
-                    tr, te = features(s, data, candidate(ext_name))
+                    tr, te = features(s, data, cand)
                     res = score(factory(data, **params), data, tr, te)
-                rows.append({"set": s, "group": group, "candidate": name, **res})
+                rows.append({"set": s, "group": group, "candidate": name, **res,
+                             "settings": _settings(cand)})
                 _log(f"{s} | {name}: {res}")
             _append(rows)
 
@@ -462,13 +550,48 @@ def rank_table(rows):
             worst = max((max(val[(o, s, k)] for o in cands if (o, s, k) in val)
                          - val[(c, s, k)], name) for s, k, name in cols if (c, s, k) in val)
             cells += ["-", "-", f"{worst[0]:.4f} ({worst[1]}; sets where run)"]
-        lines.append("| " + " | ".join([c] + cells) + " |")
+        lines.append("| " + " | ".join([_cell(c)] + cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(text):
+    return text.replace("|", "\\|")
+
+
+def _describe(c):
+    layers = "+".join(n.split(".")[-1] for n in c["layers"])
+    return (f"normalize {c['norm']}, layers {layers}, pooling {c['pooling']}, include_pad "
+            f"{c['pad']}, upsample {c['upsample']}, {c['size']} px")
+
+
+def _merge_default_aliases(rows):
+    """Rows of a candidate that is today's default under another name (scored before it
+    became the default) are shown once, as ``default (= name)``, when their values agree
+    with the default's rows (so the ranks do not count one setting twice)."""
+    default = candidate("default")
+    keys = ("image_auroc", "pixel_auroc", "pro")
+    for alias in EXTRACTOR_CANDIDATES:
+        if alias == "default" or candidate(alias) != default:
+            continue
+        mine = {(r["set"], r["group"]): r for r in rows if r["candidate"] == alias}
+        ref = {(r["set"], r["group"]): r for r in rows if r["candidate"] == "default"}
+        if mine and all(k in ref and all(ref[k].get(m) == r.get(m) for m in keys)
+                        for k, r in mine.items()):
+            rows = [r for r in rows if r["candidate"] != alias]
+            rows = [{**r, "candidate": f"default (= {alias})"} if r["candidate"] == "default"
+                    else r for r in rows]
+    return rows
 
 
 def report(command):
     rows = [json.loads(line) for line in RAW.read_text().splitlines() if line.strip()]
     groups = list(dict.fromkeys(r["group"] for r in rows))
+    stale = sorted({(r["set"], r["candidate"]) for r in rows
+                    if r["candidate"].split(" | ")[0].split(",")[0] == "default"
+                    and r.get("settings") != _settings(candidate(r["candidate"].split(" | ")[0]))})
+    if stale:
+        raise SystemExit(f"rows of 'default' candidates scored with other settings than "
+                         f"today's default {current_default()}: {stale}; rerun them")
     m = machine()
     out = ["# defaults: every candidate on every shared set (issue #21)", "",
            f"- machine: {m['nproc']} cores, {m['cpu']}; torch {m['torch']}; load at write "
@@ -476,13 +599,38 @@ def report(command):
            f"- rows: `{RAW.relative_to(RESULTS.parent.parent)}`; this table: `{command}`",
            "- I = image AUROC, P = pixel AUROC; ranks: 1 = best, ties (4 decimals) share "
            "their average rank; max loss = largest shortfall against the best candidate "
-           "of a column", ""]
+           "of a column",
+           (f"- `default` = today's `PatchFeatureExtractor()` ({_describe(current_default())})"
+            " and PatchCore's defaults (10 % coreset in this grid, K = 9); `default, ...` "
+            f"changes one factor of it; the other names change one factor of `{OLD_DEFAULT}` "
+            f"({_describe(BASE)})"), ""]
+    rows = _merge_default_aliases(rows)
     for g in groups:
         out += [f"## {g}", "", rank_table([r for r in rows if r["group"] == g]), ""]
+    out += ["## The defaults' losses above 0.01", "",
+            ("Every (set, metric) column where a group's default row is more than 0.01 "
+             "below the group's best candidate (the issue's criterion; the trade-offs are "
+             "discussed in `defaults.md`)."), "",
+            "| group | default row | column | default | best | loss | best candidate |",
+            "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        mine = [r for r in rows if r["group"] == g]
+        name = next((r["candidate"] for r in mine if r["candidate"] == DEFAULT_ROWS.get(g)
+                     or r["candidate"].startswith(f"{DEFAULT_ROWS.get(g)} (=")), None)
+        if name is None:
+            continue
+        for s, k, col in _columns(mine):
+            vals = {r["candidate"]: r[k] for r in mine if r["set"] == s and k in r}
+            best = max(vals, key=vals.get)
+            if name in vals and round(vals[best] - vals[name], 4) > 0.01:
+                out.append(f"| {g} | {_cell(name)} | {col} | {vals[name]:.4f} | "
+                           f"{vals[best]:.4f} | {vals[best] - vals[name]:.4f} | "
+                           f"{_cell(best)} |")
+    out.append("")
     pro = [r for r in rows if "pro" in r]
     if pro:
         out += ["## bottle PRO (FPR <= 0.3)", "", "| group | candidate | PRO |", "|---|---|---|"]
-        out += [f"| {r['group']} | {r['candidate']} | {r['pro']:.4f} |" for r in pro]
+        out += [f"| {r['group']} | {_cell(r['candidate'])} | {r['pro']:.4f} |" for r in pro]
     (RESULTS / "defaults_table.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))
 
@@ -495,7 +643,8 @@ def main(argv=None):
     p.add_argument("--norm", nargs="+", default=list(NORMS), choices=list(NORMS))
     p.add_argument("--size", nargs="+", type=int, default=[224])
     p.add_argument("--candidate", nargs="+", default=None,
-                   help="extractor candidates (default: all)")
+                   help="extractor candidates (default: all); with --part detector: only "
+                        "the group candidates on these extractor candidates")
     p.add_argument("--group", nargs="+", default=list(DETECTOR_CANDIDATES),
                    choices=list(DETECTOR_CANDIDATES))
     a = p.parse_args(argv)
@@ -509,7 +658,7 @@ def main(argv=None):
             p.error(f"--candidate: unknown {sorted(unknown)}; expected {list(EXTRACTOR_CANDIDATES)}")
         part_extractor(a.set, names)
     elif a.part == "detector":
-        part_detector(a.set, a.group)
+        part_detector(a.set, a.group, a.candidate)
     elif a.part == "gray":
         part_gray(a.set)
     else:

@@ -138,7 +138,8 @@ def main(argv=None):
         f"- data: {data_desc}; decoded once, the resize to input_size is timed",
         f"- settings: batch_size={args.batch_size}, {args.repeats} timed runs of "
         f"{args.n_images} images per row, after a warm-up; default layers "
-        "(Lite: blocks.2 + blocks.4; ResNets: layer2 + layer3), pooling=3",
+        "(Lite: blocks.2 + blocks.3 since #21, blocks.2 + blocks.4 before; ResNets: "
+        "layer2 + layer3), pooling=3",
         f"- command: `{cmd}`",
         f"- load (`uptime`) at start: `{uptime_start}`",
         f"- load (`uptime`) at end: `{uptime_end}`",

@@ -7,7 +7,8 @@ One run, 2 torch threads, EfficientNet-Lite0 for every method:
   authors' code do for bottle): image / pixel AUROC, PRO, pixel AP, fit seconds and
   predict images/s end to end (images in, labels out);
 - ``baselines``: PatchCore 10 % and PaDiM fitted on the cached default features
-  (224 px, blocks 2 + 4, 3 x 3 pooling), their predict images/s end to end timed
+  (the extractor's defaults, named in the results file's header; memseg_bottle.md's
+  were measured with the pre-#21 ones: blocks 2 + 4, ImageNet statistics), their predict images/s end to end timed
   in alternation with MemSeg's;
 - ``table5`` / ``table3``: the paper's module and simulation ablations at a reduced
   budget (``--ablation-iter`` steps each), every row with the same seed.

@@ -147,8 +147,8 @@ def part_fit(args):
     write_results(args.name or "scale_fit", rows,
                   f"python benchmarks/bench_scale.py --part fit --sizes {args.sizes} "
                   f"--exact-sizes {args.exact_sizes} --noise {args.noise}",
-                  data="bottle training features (EfficientNet-Lite0 blocks 2+4, 152 ch, "
-                       f"28x28) resampled, plus Gaussian noise of {args.noise} x their std",
+                  data=f"bottle training features (the extractor's defaults, {train.shape[1]} "
+                       f"ch, 28x28) resampled, plus Gaussian noise of {args.noise} x their std",
                   notes="fit_s includes the coreset, the search index and the calibration "
                         "scores (everything fit does after the backbone).")
 

@@ -69,10 +69,10 @@ _FAST_DEFAULTS = {
 # clone of the run's extractor, so a plain `skad benchmark` gives each detector its
 # configuration; pass ``recipe=False`` to use the extractor as given.
 _FEATURE_RECIPES: dict = {
-    # none at present. PaDiM's paper features (pooling=1, upsample="nearest") win on bottle
-    # (pixel AUROC 0.9794 vs 0.9756 at 152 channels) but lose 0.03 image AUROC on ELPV
-    # mono against the default features with lite normalisation (0.8996 vs 0.9324), which
-    # hold best on every set (largest loss 0.011; benchmarks/results/defaults.md)
+    # none at present. PaDiM's paper fusion (pooling=1, upsample="nearest") of the default
+    # layers wins bottle's pixel AUROC (0.9821 vs 0.9786 at 100 channels) but loses 0.125
+    # image AUROC on bottle_rto (0.860 vs 0.986) and 0.032 on ELPV mono against the
+    # default features (benchmarks/results/defaults.md)
 }
 
 _SUMMARIES = {

@@ -119,9 +119,9 @@ def test_torchvision_without_cached_weights_is_a_clear_error(tmp_path, monkeypat
 
 # ------------------------------------------------------------- shapes and geometry
 @pytest.mark.parametrize("variant, channels", [
-    ("efficientnet_lite0", (40, 112)),
-    ("efficientnet_lite1", (40, 112)),
-    ("efficientnet_lite2", (48, 120)),
+    ("efficientnet_lite0", (40, 80)),
+    ("efficientnet_lite1", (40, 80)),
+    ("efficientnet_lite2", (48, 88)),
 ])
 @pytest.mark.parametrize("size", [224, 256])
 def test_lite_shapes_and_strides(variant, channels, size):
@@ -132,7 +132,7 @@ def test_lite_shapes_and_strides(variant, channels, size):
     assert out.shape == (1, sum(channels), size // 8, size // 8)
     assert ext.stride_ == 8 and ext.layer_channels_ == channels
     assert ext.n_channels_ == sum(channels) and ext.feature_shape_ == (size // 8, size // 8)
-    assert ext.layers_ == ("blocks.2", "blocks.4")
+    assert ext.layers_ == ("blocks.2", "blocks.3")  # the default (doc/defaults.md)
     assert len(ext.get_feature_names_out()) == ext.n_channels_
 
 
@@ -148,7 +148,7 @@ def test_resnet18_random_weights_shapes():
 def test_input_size_none_keeps_image_size():
     X = _images(2, 48)
     ext = PatchFeatureExtractor(input_size=None, pooling=1).fit(X)
-    assert ext.feature_shape_ == (6, 6) and ext.transform(X).shape == (2, 152, 6, 6)
+    assert ext.feature_shape_ == (6, 6) and ext.transform(X).shape == (2, 120, 6, 6)
 
 
 def test_multi_layer_is_resized_concatenation(lite0_fitted):
@@ -161,8 +161,8 @@ def test_multi_layer_is_resized_concatenation(lite0_fitted):
     np.testing.assert_allclose(both, torch.cat([fine, up], 1).cpu().numpy(), rtol=1e-5,
                                atol=1e-5)
     # the order of layers gives the order of channels; the finest map sets the size
-    rev = clone(ext).set_params(layers=("blocks.4", "blocks.2")).fit(X)
-    assert rev.layer_channels_ == (112, 40) and rev.stride_ == 8
+    rev = clone(ext).set_params(layers=("blocks.3", "blocks.2")).fit(X)
+    assert rev.layer_channels_ == (80, 40) and rev.stride_ == 8
     np.testing.assert_allclose(rev.transform(X), np.concatenate([both[:, 40:], both[:, :40]], 1),
                                rtol=1e-5, atol=1e-5)
 
@@ -232,8 +232,8 @@ def test_extractor_pool_padding_and_upsample_modes():
 def test_truncation_drops_later_stages(lite0_fitted):
     ext, _ = lite0_fitted
     names = {n for n, _ in ext.module_.named_modules()}
-    assert "body.blocks.4" in names
-    assert not {"body.blocks.5", "body.blocks.6", "body.conv_head", "body.classifier"} & names
+    assert "body.blocks.3" in names  # the default's last layer
+    assert not {"body.blocks.4", "body.blocks.5", "body.blocks.6", "body.conv_head", "body.classifier"} & names
     res = PatchFeatureExtractor("resnet18", weights=None, input_size=64).fit(_images(1))
     names = {n for n, _ in res.module_.named_modules()}
     assert "body.layer3" in names and not {"body.layer4", "body.fc"} & names
@@ -294,7 +294,7 @@ def test_module_is_trainable(lite0_fitted):
     assert t.shape == (2, 3, 64, 64)
     try:
         out = ext.module_(t)
-        assert out.shape == (2, 152, 8, 8) and out.requires_grad
+        assert out.shape == (2, 120, 8, 8) and out.requires_grad
         out.mean().backward()
         assert any(p.grad is not None for p in ext.module_.parameters())
     finally:
@@ -364,7 +364,7 @@ def test_pipeline_params_clone_and_fit():
     scores = cloned.fit(X).score_samples(X)
     assert scores.shape == (8,) and np.all(np.isfinite(scores))
     assert cloned.predict(X).shape == (8,)
-    assert cloned.named_steps["globalpool"].n_features_in_ == 152
+    assert cloned.named_steps["globalpool"].n_features_in_ == 120
     assert not hasattr(pipe.named_steps["patchfeatureextractor"], "module_")
 
 

@@ -12,6 +12,7 @@ from sklearn.model_selection import GridSearchCV
 from skad import make_pipeline
 from skad.datasets import make_synthetic
 from skad.detectors import SMCC
+from skad.detectors.smcc import SMCC_DEFAULT_LAYERS
 from skad.features import PatchFeatureExtractor
 from skad.metrics import image_auroc_scorer
 from skad.model_selection import OneClassSplit
@@ -25,9 +26,19 @@ def data():
 def _smcc(**kw):
     params = dict(epochs=2, batch_size=4, random_state=0, device="cpu")
     params.update(kw)
-    # the statistics of SMCC's default extractor (its benchmark figures use them)
-    return SMCC(PatchFeatureExtractor(input_size=64, device="cpu", normalize="imagenet"),
-                **params)
+    # the statistics and layers of SMCC's default extractor (its benchmark figures use them)
+    return SMCC(PatchFeatureExtractor(input_size=64, device="cpu", normalize="imagenet",
+                                      layers=SMCC_DEFAULT_LAYERS), **params)
+
+
+def test_default_extractor_is_pinned():
+    # SMCC's figures were measured with ImageNet statistics on Lite0 blocks 2 + 4: its
+    # default extractor keeps them whatever the extractor's own defaults become
+    ext = SMCC()._make_extractor()
+    assert ext.get_params()["layers"] == ("blocks.2", "blocks.4") == SMCC_DEFAULT_LAYERS
+    assert ext.get_params()["normalize"] == "imagenet"
+    given = PatchFeatureExtractor(input_size=64)
+    assert SMCC(given)._make_extractor().get_params() == given.get_params()
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,8 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         measured with; the extractor's cross-set default ``"auto"`` is not measured for
         LocalOCC yet).
         An extractor whose ``layers`` is None gets the stage-1-3 layers of its
-        backbone. ``fit`` uses a clone.
+        backbone (:data:`STAGE_LAYERS`, LocalOCC's own; the extractor's default layers,
+        Lite blocks 2 + 3, never apply). ``fit`` uses a clone.
     downsample : int, default=2
         Average pooling of ``F_Mixed`` (stride 4 at the finest layer) before ``N_M``;
         2 gives stride 8 (28 x 28 positions at 224 px). 1 keeps stride 4.

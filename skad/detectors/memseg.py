@@ -253,8 +253,8 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         extractor's cross-set default ``"auto"`` is not measured for MemSeg yet). With
         ``layers=None`` the layers follow the backbone (:data:`MEMSEG_LAYERS`: Lite ``blocks.0``,
         ``blocks.1/2/4`` (memory, strides 4/8/16), ``blocks.6``; ResNet ``relu``,
-        ``layer1-3`` (memory), ``layer4``, the paper's); else give five layers in that
-        role order. ``fit`` trains a clone; the object passed is never changed.
+        ``layer1-3`` (memory), ``layer4``, the paper's; MemSeg's own, never the
+        extractor's default layers); else give five layers in that role order. ``fit`` trains a clone; the object passed is never changed.
     synthesizer : AnomalySynthesizer or None, default=None
         Simulates the anomalies (``None``: ``AnomalySynthesizer()``: procedural
         textures and structural noise, no foreground mask). Table 3's parts are its

@@ -242,8 +242,8 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
       outputs are linear bottlenecks (no ReLU6 after the projection), so their values
       are signed; counting ``> 0`` (identical to ``!= 0`` for ReLU features) keeps the
       ranking defined there. The paper keeps d = 550 of WideResNet-50's 1792 channels
-      (it reports 150 already beat PatchCore); the default backbone has 152 in all, so
-      the default keeps them all.
+      (it reports 150 already beat PatchCore); the default features have 120 in all
+      (EfficientNet-Lite0 blocks 2 + 3), so the default keeps them all.
     - **Bhattacharyya term.** The pair's average covariance ``(Sigma_p + Sigma_q) /
       2 + eps I`` (eq. 4's notation), not a pooled one; ``D_B`` is symmetric.
     - **beta.** The text: beta = 1 is the original distance and larger beta uses more
@@ -273,7 +273,7 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
       then its inverse: scoring is one batched product per block of images, all
       shifted copies together). Fit holds the final factors of A and B
       (``2 h w d^2`` floats), the features and one chunk of raw covariances.
-      For the default backbone (d = 152, 28x28) that is 2 x 72 MB; for d = 550 it is
+      For the default features (d = 120, 28x28) that is 2 x 45 MB; for d = 550 it is
       2 x 0.95 GB at 28x28 and 2 x 3.8 GB at 56x56 (plus the features, 209 bottle
       images x 56 x 56 x 550 floats = 1.4 GB, and their 3x3 average).
 

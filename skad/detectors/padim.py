@@ -89,7 +89,8 @@ class PaDiM(StreamingMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     Notes
     -----
     - Memory of the model: ``4 * h * w * d * (d + 1)`` bytes for ``d`` selected
-      channels: 784 positions x 152 channels = 73 MB; 784 x 100 = 32 MB; 3136 x 550
+      channels: 784 positions x 100 channels (the default) = 32 MB; all 120 of the default
+      features = 46 MB; 3136 x 550
       (the paper's WRN50 at 56 x 56) = 3.8 GB. Fitting needs the same again plus the
       chunk of centred features (``working_memory`` of the kernel, 256 MB).
     - Streaming: :meth:`partial_fit` keeps running means and co-moments (float64), so

@@ -155,12 +155,12 @@ class PatchCore(StreamingMixin, BlindModeMixin, DeviceMixin, PatchDetectorMixin,
       (``exclude="self"``) the fitted set is the scored set, so its training scores
       are its blind scores (``score_samples(X_train)``) and that check holds.
     - The coreset projection is Gaussian, to ``projection_dim`` dimensions as the
-      paper (anomalib's sparse projection sized by the JL bound raises 152 channels
-      to about 296). The first center is random (Algorithm 1 leaves it open).
+      paper (anomalib's sparse projection sized by the JL bound raises the default's
+      120 channels to about 296). The first center is random (Algorithm 1 leaves it open).
     - ``N_b(m*)`` includes ``m*`` itself (the reference implementation's reading of
       eq. 7).
     - Memory: the full bank ``4 * n * h * w * C`` bytes during fit (209 bottle images
-      x 784 patches x 152 channels: 100 MB), ``coreset_ratio`` of it afterwards.
+      x 784 patches x 120 channels, the default features: 79 MB), ``coreset_ratio`` of it afterwards.
     - Search: the paper searches exactly (faiss flat). Here banks of at least
       ``approx_threshold`` rows are searched approximately on the CPU by default
       ("cells"), which can only raise a patch's score (distances are exact to the

@@ -113,7 +113,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       (mean-pooled for images), so SPADE runs on the same features as the other
       detectors.
     - Memory: all training patches, ``4 * n_train * C * h * w`` bytes (209 bottle
-      images x 152 x 28 x 28: 100 MB), and with "cells" their candidate lists (each
+      images x 120 x 28 x 28, the default features: 79 MB), and with "cells" their candidate lists (each
       row about 2-4 times more).
     - Training scores for ``offset_`` exclude each image from its own neighbours (in
       blind mode: the blind scores of the fitted set, which skip its nearest image).

@@ -58,9 +58,11 @@ TORCHVISION_BACKBONES = {
 
 BACKBONES = (*LITE_BACKBONES, *TORCHVISION_BACKBONES)
 
-#: default layers per built-in backbone (strides 8 and 16)
+#: default layers per built-in backbone (strides 8 and 16). EfficientNet-Lite: blocks 2 + 3
+#: (40 + 80 = 120 channels for Lite0), chosen on every shared data set over blocks 2 + 4
+#: (benchmarks/results/defaults.md, doc/defaults.md)
 DEFAULT_LAYERS = {
-    **{name: ("blocks.2", "blocks.4") for name in LITE_BACKBONES},
+    **{name: ("blocks.2", "blocks.3") for name in LITE_BACKBONES},
     **{name: ("layer2", "layer3") for name in TORCHVISION_BACKBONES},
 }
 
