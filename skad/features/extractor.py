@@ -18,7 +18,7 @@ from ..utils import resolve_device
 from ..utils._threads import _check_n_threads, estimator_threads
 from ..utils._torch import cpu_state_dict
 from ..utils._loading import loaded_device
-from ..utils._sklearn_compat import Interval, StrOptions
+from ..utils._sklearn_compat import Interval, StrOptions, _fit_context
 from ..utils.validation import check_images
 from .backbones import (BACKBONES, DEFAULT_LAYERS, LITE_BACKBONES, build_backbone,
                         truncate_backbone)
@@ -398,6 +398,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         return module.to(memory_format=torch.channels_last)
 
     # -------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the parameters and images, build ``module_`` and record its geometry.
 
@@ -413,7 +414,6 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         self : PatchFeatureExtractor
         """
-        self._validate_params()
         _check_n_threads(self.n_threads, "n_threads")
         images = check_images(X)
         self.layers_ = self._check_layers()
