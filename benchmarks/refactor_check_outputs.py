@@ -2,7 +2,8 @@
 
 Each tree (``SKAD_TREE``: the ``skad`` package's parent folder, e.g. a ``git archive``
 of the old commit) saves ``offset_``, ``score_samples`` and ``anomaly_map`` (feature
-resolution) of six cases on the cached bottle features to ``PREFIX_<case>.npz``;
+resolution) of six cases on the cached bottle features (EfficientNet-Lite0, ImageNet
+normalisation: the same file for both trees) to ``PREFIX_<case>.npz``;
 ``compare`` then checks the two sets with ``np.array_equal`` and gives the image and
 pixel AUROC of each side (maps upsampled to 224 px, sigma 4, as the benchmarks do).
 The two saves can run at the same time (one thread each)::
@@ -44,6 +45,10 @@ CASES = {
     "padim": lambda tr, te, blind: (PaDiM(random_state=0, device="cpu"), tr, [te]),
 }
 FULL_TEST = ("pc10_cells", "pc1", "spade", "padim")  # score0 / map0: all 83 test images
+# Both trees must score the same features: the extractor's defaults may differ between
+# them (011824d normalised with ImageNet statistics; normalize="auto" came later), and
+# the cache key follows the defaults. These are the features of the first checks.
+FEATURES = {"normalize": "imagenet"}
 
 
 def outputs(name, tr, te, blind):
@@ -96,8 +101,8 @@ def main():
             print(line, flush=True)
         print("ALL EQUAL" if bad == 0 else f"{bad} DIFFER")
         return
-    tr = C.cached_features(d.train_images, "bottle_train")
-    te = C.cached_features(d.test_images, "bottle_test")
+    tr = C.cached_features(d.train_images, "bottle_train", **FEATURES)
+    te = C.cached_features(d.test_images, "bottle_test", **FEATURES)
     blind = np.concatenate([tr[:30], te[::6]])
     bad = 0
     for name in rest or CASES:
