@@ -1,8 +1,20 @@
-"""Old (011824d) vs wt18 PatchCore 10 % / PatchCluster 25 % scoring, alternated in one process."""
-import sys, time, json
+"""Old vs new PatchCore 10 % / PatchCluster 25 % scoring, alternated in one process (issue 18).
+
+The old tree is imported as ``skad_old`` from ``SKAD_OLD_PKG`` (a folder holding the old
+``skad`` package renamed ``skad_old``; skad imports itself relatively), the new one as
+``skad`` (this repository). Both detectors are fitted identically (same bank), then
+``predict`` and ``score_and_map(output_size=(224, 224))`` are timed alternately (ABAB /
+BABA), 8 rounds, one thread::
+
+    mkdir -p /tmp/skad_oldpkg && git archive 011824d skad | tar -x -C /tmp/skad_oldpkg
+    mv /tmp/skad_oldpkg/skad /tmp/skad_oldpkg/skad_old
+    SKAD_OLD_PKG=/tmp/skad_oldpkg PYTHONPATH=$PWD python benchmarks/refactor_check_speed.py
+"""
+import sys, time, json, os
+from pathlib import Path
 import numpy as np
-sys.path.insert(0, "/tmp/skad18_oldpkg")
-sys.path.insert(0, "/work/wt18/benchmarks")
+sys.path.insert(0, os.environ["SKAD_OLD_PKG"])
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 torch.set_num_threads(1)
 import _common as C

@@ -363,6 +363,10 @@ def _cmd_benchmark(args, out):
                            "display.float_format", "{:.3f}".format):
         shown = table.drop(columns="error") if not table["error"].any() else table
         print(shown.to_string(index=False), file=out)
+    # parameters the data made a detector clip (the report has them too)
+    for run in result.runs:
+        for note in run.notes:
+            print(f"note: {run.name}: {note}", file=out)
     print(
         f"\n{len(names)} detectors, {result.info['n_eval']} images scored in "
         f"{result.info['total_s']:.1f} s; report: {paths['html']}",

@@ -203,9 +203,11 @@ def _html(result, table, figures, params):
                 f"<figcaption>{esc(cap)}</figcaption></figure>"
                 for cap, src, _ in figures["cases"].get(run.name, [])
             )
+        # parameters the data made the detector clip (skad.benchmark._clip_notes)
+        notes = "".join(f'<p class="note">note: {esc(n)}</p>' for n in run.notes)
         sections.append(
             f'<section class="detector" id="det-{esc(_slug(run.name))}"><h3>{esc(run.name)}</h3>'
-            f'<p class="params">{esc(p or "(default parameters)")}</p>'
+            f'<p class="params">{esc(p or "(default parameters)")}</p>{notes}'
             f'<div class="cases">{content}</div></section>'
         )
     note = esc(_COLUMN_NOTES.format(method=_memory_note(result.info)))
@@ -222,6 +224,7 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
 figcaption {{ font-size: 0.85em; color: #555; max-width: 288px; }}
 .params {{ font-family: monospace; font-size: 0.85em; color: #555; }}
+.note {{ font-size: 0.85em; color: #7a5200; }}
 .error {{ color: #b00; }}
 .note {{ font-size: 0.85em; color: #555; max-width: 900px; }}
 </style></head>
@@ -277,6 +280,7 @@ def _markdown(result, table, figures, params):
     for run in result.runs:
         p = ", ".join(f"{k}={v!r}" for k, v in sorted(params.get(run.name, {}).items()))
         lines += [f"### {run.name}", "", f"`{p}`" if p else "(default parameters)", ""]
+        lines += [f"note: {n}  " for n in run.notes] + ([""] if run.notes else [])
         if run.error:
             lines += [f"failed: {run.error}", ""]
             continue

@@ -448,3 +448,40 @@ def test_fit_shows_coreset_progress(folders, tmp_path, capsys):
         err = capsys.readouterr().err
         assert ("PatchCore coreset" in err) is not quiet
         assert skad.load(out)[-1].verbose is False
+
+
+def test_benchmark_reports_clipped_parameters_instead_of_warning(tmp_path):
+    # 8 training images: SPADE's default n_neighbors=50 is clipped to 7 (the data the
+    # benchmark chose, not the user's setting): a note in the output and the report
+    import warnings
+
+    from skad.detectors import ClippedParameterWarning
+
+    stdout = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["benchmark", "--n-train", "8", "--n-test", "8", "--image-size",
+                     str(SIZE), "--detectors", "spade", "--out", str(tmp_path), *FAST],
+                    stdout=stdout)
+    assert code == 0
+    assert not [w for w in caught if issubclass(w.category, ClippedParameterWarning)]
+    note = "n_neighbors=50 exceeds the 7 other training images; SPADE uses n_neighbors_=7"
+    assert f"note: spade: {note}" in stdout.getvalue()
+    assert note in (tmp_path / "report.md").read_text()
+    assert note in (tmp_path / "report.html").read_text()
+
+
+def test_clip_notes_pass_other_warnings_through():
+    import warnings
+
+    from skad.benchmark import _clip_notes
+    from skad.detectors import ClippedParameterWarning
+
+    notes = []
+    with pytest.warns(UserWarning, match="other") as record:
+        with _clip_notes(notes):
+            warnings.warn("k=9 exceeds 4", ClippedParameterWarning)
+            warnings.warn("k=9 exceeds 4", ClippedParameterWarning)  # kept once
+            warnings.warn("other", UserWarning)
+    assert notes == ["k=9 exceeds 4"]
+    assert [w.category for w in record] == [UserWarning]

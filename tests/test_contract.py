@@ -204,3 +204,55 @@ def test_private_sklearn_api_only_in_the_compat_module():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if p.name != "_sklearn_compat.py" and private.search(p.read_text())]
     assert offenders == []
+
+
+# -- parameter validation through scikit-learn's _fit_context ---------------------------
+def test_no_direct_validate_params_calls():
+    root = pathlib.Path(skad.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if re.search(r"\._validate_params\(", p.read_text())]
+    assert offenders == []
+
+
+def test_fit_validation_honours_skip_parameter_validation():
+    # the parameters are checked by the decorator, so scikit-learn's switch turns it off
+    from sklearn import config_context
+
+    from skad.features import GlobalPool
+    from skad.utils._sklearn_compat import InvalidParameterError
+
+    X = _maps(n=4)
+    with pytest.raises(InvalidParameterError, match="method"):
+        GlobalPool(method="median").fit(X)
+    with config_context(skip_parameter_validation=True):
+        assert GlobalPool(method="median").fit(X).n_features_in_ == 5
+
+
+def test_nested_estimators_are_validated_inside_a_detector_fit():
+    # detectors fit with prefer_skip_nested_validation=False: LOF's own parameters are
+    # still checked by LOF when the detector fits its clone
+    from sklearn.neighbors import LocalOutlierFactor
+
+    from skad.detectors import PatchOutlierDetector
+    from skad.utils._sklearn_compat import InvalidParameterError
+
+    det = PatchOutlierDetector(estimator=LocalOutlierFactor(n_neighbors=0, novelty=True))
+    with pytest.raises(InvalidParameterError, match="n_neighbors"):
+        det.fit(_maps())
+
+
+@pytest.mark.parametrize("cls", [PaDiM, PatchCore])
+def test_partial_fit_validates_on_the_first_chunk(cls):
+    from skad.utils._sklearn_compat import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="contamination"):
+        cls(contamination=0.9).partial_fit(_maps())
+
+
+def test_fit_warnings_name_the_callers_line():
+    # fit runs inside scikit-learn's _fit_context wrapper; a clip warning raised several
+    # helpers deep still points at the line that called fit (skad.utils._warnings)
+    for det in (PaDiM(n_features=9), PatchCore(n_neighbors=99), NPad(top_k=50)):
+        with pytest.warns(ClippedParameterWarning) as record:
+            det.fit(_maps(c=4))
+        assert {w.filename for w in record} == {__file__}, type(det).__name__

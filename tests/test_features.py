@@ -337,7 +337,14 @@ def test_batches_and_threads_do_not_change_features(lite0_fitted, capfd):
     finally:
         ext.set_params(batch_size="auto", n_threads=None, verbose=False)
     assert "PatchFeatureExtractor" in capfd.readouterr().err  # the progress bar
-    assert ext._batch_size() == (32 if ext.device_.type == "cuda" else 4)
+    # batch_size="auto": 4 images per forward pass on the CPU, 32 on a GPU
+    sizes = []
+    hook = ext.module_.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    try:
+        ext.transform(np.concatenate([X] * 3))
+    finally:
+        hook.remove()
+    assert sizes == ([9] if ext.device_.type == "cuda" else [4, 4, 1])
     # the module runs channels-last; a contiguous (NCHW) input gives the same features
     assert ext.module_.body.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     with _full_float32(ext.device_), torch.inference_mode():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.utils import check_random_state
 
-from skad._kernels.ann import NeighborIndex, _assign, build_index
+from skad._kernels.ann import NeighborIndex, build_index
 from skad._kernels.coreset import greedy_coreset, random_projection
 from skad._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
 from skad._kernels.knn import knn_search, ranking_operand, same_group_counts
@@ -221,12 +221,10 @@ def test_cells_index_approximate_never_below_exact_and_batch_independent():
     assert np.all(d_c >= d_f - 1e-5) and np.mean(d_c[:, 0] > d_f[:, 0] + 1e-5) > 0.02
     np.testing.assert_allclose(d_c, np.linalg.norm(q[:, None] - bank[i_c], axis=-1),
                                rtol=1e-5, atol=1e-5)
-    cell_of = np.empty(len(bank), np.int64)
-    cells_, ids = more._cells, more._cells["ids"]
-    for c in range(more.n_lists_):
-        cell_of[ids[cells_["offsets"][c]:cells_["offsets"][c] + cells_["n_own"][c]]] = c
-    assert cells_["n_own"].sum() == len(bank)
-    assert (cell_of[i_c] == _assign(torch.from_numpy(q), cells_)[:, None]).all()
+    # each bank row in the cell it is assigned to; the coarse rows in the query's cell
+    np.testing.assert_array_equal(more.cell_of_, more.assign(bank))
+    assert (more.list_sizes_ >= np.bincount(more.cell_of_, minlength=more.n_lists_)).all()
+    assert (more.cell_of_[i_c] == more.assign(q)[:, None]).all()
     # a row's result does not depend on the other rows of the batch
     d1, i1 = cells.query(q, 1)
     for r in (0, 17, 299):
@@ -242,7 +240,7 @@ def test_cells_index_groups_and_short_lists_complete_exactly():
     assert not np.any(labels[i] == qg[:, None])
     assert np.all(d >= d_x - 1e-4)
     # k larger than every list: each row is completed by the exact search
-    k = int(np.diff(cells._cells["offsets"]).max()) + 1
+    k = int(cells.list_sizes_.max()) + 1
     d, i = cells.query(q, k)
     d_b, i_b = _brute_knn(q, bank, k)
     np.testing.assert_allclose(d, d_b, rtol=1e-5, atol=1e-5)

@@ -50,10 +50,9 @@ def test_round_trip_gives_identical_scores(name, images, tmp_path):
 
 def test_round_trip_of_sklearn_trees_and_random_states(tmp_path):
     X = np.random.default_rng(1).normal(size=(40, 3))
-    # 3 features: LocalOutlierFactor picks a KD-tree (a Cython type)
-    det = PatchOutlierDetector(LocalOutlierFactor(n_neighbors=5, novelty=True),
-                               random_state=np.random.RandomState(3)).fit(X)
-    assert det.estimator_._fit_method == "kd_tree"
+    # a KD-tree (a Cython type) inside the fitted LocalOutlierFactor
+    lof = LocalOutlierFactor(n_neighbors=5, novelty=True, algorithm="kd_tree")
+    det = PatchOutlierDetector(lof, random_state=np.random.RandomState(3)).fit(X)
     back = skad.load(skad.save(det, tmp_path / "lof.skad"))
     np.testing.assert_array_equal(back.score_samples(X), det.score_samples(X))
     assert back.random_state.randint(1 << 30) == det.random_state.randint(1 << 30)

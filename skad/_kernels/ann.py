@@ -246,9 +246,15 @@ class NeighborIndex:
     method_ : {"exact", "cells", "ivf", "nndescent"}
         The search used by :meth:`query`.
     n_lists_ : int or None
-        Inverted lists of the IVF index (``method_ == "ivf"``).
+        Inverted lists of the IVF index (``method_ == "ivf"``), or cells
+        (``method_ == "cells"``).
     graph_ : pynndescent.NNDescent or None
         The graph (``method_ == "nndescent"``).
+    cell_of_ : ndarray of int64, shape (n,) or None
+        The cell each bank row lies in (``method_ == "cells"``; as :meth:`assign`).
+    list_sizes_ : ndarray of int64, shape (n_lists_,) or None
+        Bank rows in each cell's candidate list: the cell's own rows and their
+        ``n_list_neighbors`` nearest rows (``method_ == "cells"``).
     """
 
     def __init__(self, bank, method, *, n_lists=None, n_probe=8, n_graph_neighbors=30,
@@ -308,6 +314,47 @@ class NeighborIndex:
         # an index built on a GPU searches on the CPU where there is none (its owner warns)
         state["device"] = loaded_device(state.get("device"))
         self.__dict__.update(state)
+
+    # the "cells" structure stays one private dict (what _query_cells reads); these
+    # views of it are computed, so pickles of any version have them
+    @property
+    def cell_of_(self):
+        if self._cells is None:
+            return None
+        c = self._cells
+        out = np.empty(len(self.bank_), np.int64)
+        for cell, (start, n_own) in enumerate(zip(c["offsets"][:-1], c["n_own"])):
+            out[c["ids"][start:start + n_own]] = cell
+        return out
+
+    @property
+    def list_sizes_(self):
+        return None if self._cells is None else np.diff(self._cells["offsets"])
+
+    def assign(self, X):
+        """The cell each row of ``X`` falls in (``method_ == "cells"``).
+
+        Queries and bank rows alike go to the nearest k-means centroid in the bank's
+        principal subspace; :meth:`query` with ``coarse=True`` ranks only the rows of
+        that cell.
+
+        Parameters
+        ----------
+        X : array-like of shape (m, d)
+
+        Returns
+        -------
+        cells : ndarray of int64, shape (m,)
+        """
+        import torch
+
+        if self._cells is None:
+            raise ValueError(
+                f"assign: cells exist only for method='cells'; this index is {self.method_!r}"
+            )
+        q = np.ascontiguousarray(X, dtype=np.float32).reshape(-1, self.bank_.shape[1])
+        return _assign(torch.from_numpy(q.copy() if not q.flags.writeable else q),
+                       self._cells)
 
     def _approx(self, q, k, coarse=False):
         """(distances, indices) of the approximate search; -1 / inf where none was found."""

@@ -8,7 +8,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from ..utils._sklearn_compat import Interval, StrOptions
+from ..utils._sklearn_compat import Interval, StrOptions, _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from .._training import record_training, seeded, train_loop, training_constraints
@@ -289,6 +289,7 @@ class ImageAligner(TransformerMixin, BaseEstimator):
         return t.contiguous()
 
     # --------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Pick the template and train ``N_P`` and ``N_R`` on ``X`` (eq. 1).
 
@@ -303,8 +304,6 @@ class ImageAligner(TransformerMixin, BaseEstimator):
         -------
         self : ImageAligner
         """
-
-        self._validate_params()
         images = check_images(X)
         if len(images) < 1:
             raise ValueError("X: ImageAligner needs at least 1 training image; got 0")

@@ -12,8 +12,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._kernels.maps import resize_smooth
-from ..utils._sklearn_compat import Hidden, Interval, StrOptions
+from ..utils._sklearn_compat import Hidden, Interval, StrOptions, _fit_context
 from ..utils._threads import estimator_threads
+from ..utils._warnings import warn_user
 from ..utils.validation import ImageSet, _is_path_sequence, check_images, check_patches
 
 __all__ = ["BaseDetector", "BlindModeMixin", "ClippedParameterWarning", "ImageDetectorMixin",
@@ -135,9 +136,9 @@ def clip_to_data(detector, name, value, limit, what):
     if value is None:
         effective = limit
     elif int(value) > limit:
-        warnings.warn(
+        warn_user(
             f"{name}={value} exceeds the {limit} {what}; {type(detector).__name__} uses "
-            f"{name}_={limit}", ClippedParameterWarning, stacklevel=4,
+            f"{name}_={limit}", ClippedParameterWarning,
         )
         effective = limit
     else:
@@ -206,10 +207,10 @@ class BlindModeMixin:
         exclude = self.exclude
         old = getattr(self, "exclude_self", "deprecated")
         if not isinstance(old, str) or old != "deprecated":
-            warnings.warn(
+            warn_user(
                 "`exclude_self` was renamed `exclude` in skad 0.2 and will be removed in "
                 f"0.3: use exclude={'self' if old else None!r} instead of exclude_self={old!r}",
-                FutureWarning, stacklevel=4,
+                FutureWarning,
             )
             if exclude is not None:
                 raise ValueError(
@@ -288,6 +289,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _threads(self):
         return estimator_threads(getattr(self, "n_jobs", None), "n_jobs")
 
+    # False: detectors fit estimators they are given (extractor, synthesizer, LOF's
+    # estimator), whose parameters must be validated in turn (_sklearn_compat)
+    @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None):
         """Fit the detector.
 
@@ -305,7 +309,6 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         self : object
         """
-        self._validate_params()
         X = self._validate_input(X, reset=True)
         self.calibration_ = self._calibration_mode(len(X))
         with self._threads():
@@ -405,10 +408,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 )
             threshold = conformal_offset(-calibration_scores, alpha)
             if not np.isfinite(threshold):
-                warnings.warn(
+                warn_user(
                     f"false_alarm_rate={alpha} needs at least {math.ceil(1 / alpha) - 1} "
                     f"calibration samples; got {len(calibration_scores)}: nothing will be "
-                    "flagged (offset_ = -inf)", UserWarning, stacklevel=3,
+                    "flagged (offset_ = -inf)", UserWarning,
                 )
             return -threshold
         if self.contamination == "auto":
@@ -708,13 +711,16 @@ class StreamingMixin:
     docstring). ``offset_`` follows from all calibration scores so far, with the same
     ``contamination`` / ``false_alarm_rate`` rules as ``fit`` (``calibration_`` is
     "streamed"); :meth:`~BaseDetector.set_threshold` on held-out normals replaces it.
-    ``fit`` starts over.
+    ``fit`` starts over. Parameters are validated when ``partial_fit`` is called on an
+    unfitted detector (scikit-learn's ``_fit_context`` rule): after ``fit`` or earlier
+    chunks, a ``set_params`` takes effect unvalidated until the next ``fit``.
     """
 
     def fit(self, X, y=None):
         self.__dict__.pop("n_images_seen_", None)
         return super().fit(X, y)
 
+    @_fit_context(prefer_skip_nested_validation=False)
     def partial_fit(self, X, y=None):
         """Update the detector with one chunk of training samples.
 
@@ -730,8 +736,6 @@ class StreamingMixin:
         self : object
         """
         first = not hasattr(self, "n_images_seen_")
-        if first:
-            self._validate_params()
         X = self._validate_input(X, reset=first)
         if len(X) < 2:
             raise ValueError(

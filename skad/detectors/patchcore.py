@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,6 +14,7 @@ from .._kernels.coreset import greedy_coreset
 from .._kernels.refine import bank_products, exact_knn
 from .._kernels.reweight import reweighted_image_scores
 from ..utils._sklearn_compat import Interval, StrOptions
+from ..utils._warnings import warn_user
 from ._base import (
     BaseDetector,
     BlindModeMixin,
@@ -282,11 +282,11 @@ class PatchCore(StreamingMixin, BlindModeMixin, DeviceMixin, PatchDetectorMixin,
         n_select = max(1, int(self.coreset_ratio * len(rows)))
         n_min = min(hw + 1, len(rows))
         if n_select < n_min:
-            warnings.warn(
+            warn_user(
                 f"coreset_ratio={self.coreset_ratio} keeps {n_select} of {len(rows)} patch "
                 f"rows; PatchCore keeps {n_min} (one image's {hw} patches plus one) so "
                 "that every training image has a bank row of another image",
-                ClippedParameterWarning, stacklevel=4,
+                ClippedParameterWarning,
             )
             n_select = n_min
         n_chunks = max(1, -(-len(rows) // int(self.coreset_chunk_size)))

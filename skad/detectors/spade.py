@@ -31,9 +31,10 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     patches restricted to those images (``nn_method="cells"``;
     :meth:`~skad._kernels.ann.NeighborIndex.query` with ``allowed``): a miss returns
     a farther patch of an allowed image, so a pixel can only look more anomalous.
-    "cells" is not the default: on bottle it did not make predict faster (3.48x vs
-    3.36x the backbone, paired under load) and its index made fit ~200x slower; recall
-    and accuracy beside the exact search: ``benchmarks/results/issue19_speed.md``.
+    "cells" is not the default: on bottle it did not make predict faster (paired with
+    the backbone) and building its index made fit two orders of magnitude slower;
+    timings, recall and accuracy beside the exact search:
+    ``benchmarks/results/issue19_speed.md``.
 
     Parameters
     ----------

@@ -18,7 +18,7 @@ from ..utils import resolve_device
 from ..utils._threads import _check_n_threads, estimator_threads
 from ..utils._torch import cpu_state_dict
 from ..utils._loading import loaded_device
-from ..utils._sklearn_compat import Interval, StrOptions
+from ..utils._sklearn_compat import Interval, StrOptions, _fit_context
 from ..utils.validation import check_images
 from .backbones import (BACKBONES, DEFAULT_LAYERS, LITE_BACKBONES, build_backbone,
                         truncate_backbone)
@@ -155,22 +155,21 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         (``"lite"`` for EfficientNet-Lite, ``"imagenet"`` for the ResNets and module
         instances). Chosen on every shared data set (``doc/defaults.md``): on Lite0,
         ImageNet's std doubles the input amplitude its weights were trained on and
-        saturates the stem; with the default layers it cost 0.020 / 0.038 image AUROC
-        on ELPV mono / poly (0.10 on a grayscale industrial set, blocks 2 + 4) for
-        +0.004 pixel AUROC on bottle.
+        saturates the stem; it lost image AUROC on both ELPV cell types and on a
+        grayscale industrial set for a small pixel AUROC gain on bottle.
     pooling : int or None, default=3
         Local neighbourhood aggregation: ``k x k`` average pooling with stride 1 and
         padding ``k // 2`` (``k`` odd) of each layer's map, PatchCore's 3 x 3 by
         default. ``1`` or ``None``: no pooling -- use it for thin defects (cracks,
-        scratches a few pixels wide): on CrackForest it raised PatchCore's pixel AUROC
-        from 0.63 to 0.85 (default features), while 3 x 3 kept the image AUROC of textures and ELPV cells
-        (``doc/defaults.md``).
+        scratches a few pixels wide): it raised PatchCore's pixel AUROC on CrackForest
+        by far, while 3 x 3 kept the image AUROC of textures and ELPV cells (figures:
+        ``doc/defaults.md``).
     pool_include_pad : bool, default=True
         Whether the zero padding counts in the border averages of the pooling
         (``True``: PatchCore's reference code, which averages zero-padded unfolded
         neighbourhoods; ``False``: borders average their in-map neighbours only).
         Chosen on every shared set (``doc/defaults.md``): ``False`` lost on all of
-        them, most on the synthetic sets' image AUROC (0.15 and more).
+        them, most on the synthetic sets' image AUROC.
     upsample : {"bilinear", "nearest"}, default="bilinear"
         How coarser layers are resized to the finest one before concatenation:
         PatchCore interpolates bilinearly; PaDiM's reference code repeats each
@@ -184,10 +183,8 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
     device : {"auto", "cpu", "cuda"} or str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     batch_size : int or "auto", default="auto"
-        Images per forward pass in ``transform``; "auto": 4 on the CPU (activations
-        of small batches stay in cache: Lite0 at 224 px runs about 3x faster with 4
-        than with 16 images per pass on 2 cores, ``benchmarks/results/extractor_speed.md``),
-        32 on a GPU.
+        Images per forward pass in ``transform``; "auto": 4 on the CPU (the
+        activations of small batches stay in cache), 32 on a GPU.
     n_threads : int, -1, "auto" or None, default=None
         CPU threads (torch, BLAS, OpenMP) during ``transform``, restored afterwards
         (:func:`skad.utils.thread_limits`): a count; -1: all available cores; "auto":
@@ -403,6 +400,7 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         return module.to(memory_format=torch.channels_last)
 
     # -------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the parameters and images, build ``module_`` and record its geometry.
 
@@ -418,7 +416,6 @@ class PatchFeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         self : PatchFeatureExtractor
         """
-        self._validate_params()
         _check_n_threads(self.n_threads, "n_threads")
         images = check_images(X)
         self.layers_ = self._check_layers()

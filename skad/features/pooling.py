@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..utils._sklearn_compat import StrOptions
+from ..utils._sklearn_compat import StrOptions, _fit_context
 
 __all__ = ["GlobalPool", "local_average_pool"]
 
@@ -90,6 +90,7 @@ class GlobalPool(TransformerMixin, BaseEstimator):
     def __init__(self, method="mean"):
         self.method = method
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Validate ``X`` and remember its channel count.
 
@@ -102,7 +103,6 @@ class GlobalPool(TransformerMixin, BaseEstimator):
         -------
         self : GlobalPool
         """
-        self._validate_params()
         self._validate_input(X, reset=True)
         return self
 

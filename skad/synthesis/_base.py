@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 
+from ..utils._sklearn_compat import _fit_context
 from ..utils.validation import check_images
 from ._sources import resolve_source
 
@@ -52,6 +53,8 @@ class BaseSynthesizer(BaseEstimator):
     ``(H, W, 3)`` image.
     """
 
+    # a synthesiser has no fit: every call validates the parameters (_sklearn_compat)
+    @_fit_context(prefer_skip_nested_validation=True)
     def sample(self, X, *, rng=None):
         """Synthesise one defective version of every image of ``X``.
 
@@ -74,7 +77,6 @@ class BaseSynthesizer(BaseEstimator):
             1 where the defect was synthesised, 0 elsewhere; every pixel that differs
             from the input lies inside the mask.
         """
-        self._validate_params()
         settings = self._check_params()
         images = check_images(X)
         if rng is None:
