@@ -26,9 +26,10 @@ Usage::
 
 Runs accumulate: ``thresholds_raw.json`` keeps every (detector, split, calibration mode)
 measured so far, with the command that measured it, and the table is written from all
-of them. Slow detectors can so be measured a few splits (and modes) per run: N-pad fits
-in about 9 min on bottle and scores 0.6 images/s, so one split of it costs ~15 min per
-mode ("cv" is 5 more fits).
+of them, saved after every fit. Slower detectors can so be measured a few splits (and
+modes) per run: on 2 cores, a split of LOF on patches costs ~30 s (in-sample and the
+0.2 split; "cv" ~20 s more), of N-pad ~3 min ("cv" ~2 min of it: 5 more fits; more
+when the machine is shared).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def main():
                          "detector's auto, 0.2)")
     ap.add_argument("--only", nargs="*")
     args = ap.parse_args()
-    # N-pad and LOF on patches are slow (see the module docstring): name them with
+    # N-pad and LOF on patches are slower (see the module docstring): name them with
     # --only, a few splits at a time
     names = args.only or ["PatchCore 10%", "PaDiM (100 ch)", "SPADE (K=50)",
                           "LOF on pooled features"]
