@@ -8,7 +8,9 @@ them and counts how many of the other 20 ``predict`` flags (false alarms). Thres
   the calibration parameter: the least normal training score; PatchCore and SPADE
   already left each image out of its own bank there);
 - ``auto``: the defaults now (``calibration="auto"``: leave-one-image-out for PatchCore
-  and SPADE, 5-fold cross-fitted scores for PaDiM, N-pad and LOF), ``contamination="auto"``;
+  and SPADE, 5-fold cross-fitted scores for PaDiM, N-pad and LOF on pooled features, a
+  held-out fifth for LOF on patches, whose fit draws 10 000 of the training patches
+  at random: ``bench_lof_calibration.py``), ``contamination="auto"``;
 - ``far=a``: ``false_alarm_rate=a`` (split-conformal quantile), with the default
   calibration and with ``calibration=0.2`` (a held-out fifth; the model is fitted on
   the other 167 images: the exact split-conformal setting).
@@ -24,9 +26,10 @@ Usage::
 
 Runs accumulate: ``thresholds_raw.json`` keeps every (detector, split, calibration mode)
 measured so far, with the command that measured it, and the table is written from all
-of them. Slow detectors can so be measured a few splits (and modes) per run: N-pad fits
-in about 9 min on bottle and scores 0.6 images/s, so one split of it costs ~15 min per
-mode ("cv" is 5 more fits).
+of them, saved after every fit. Slower detectors can so be measured a few splits (and
+modes) per run: on 2 cores, a split of LOF on patches costs ~30 s (in-sample and the
+0.2 split; "cv" ~20 s more), of N-pad ~3 min ("cv" ~2 min of it: 5 more fits; more
+when the machine is shared).
 """
 
 from __future__ import annotations
@@ -67,12 +70,23 @@ def make(name):
 POOLED = {"LOF on pooled features"}
 
 
-def default_modes(name):
+def auto_mode(name, X):
+    """What ``calibration="auto"`` means for ``name`` fitted on ``X``, as a mode of
+    this script ("in_sample" = leave-one-image-out for the memory banks, "cv", or
+    "0.2": the held-out fifth of a detector whose fit draws a random subsample)."""
+    from skad.detectors._base import _AUTO_SPLIT
+
+    det = make(name)
+    mode = det._default_calibration(det._validate_input(X, reset=True))
+    if mode == "split":
+        assert _AUTO_SPLIT == 0.2  # the "0.2" mode below is then the same fit
+        return "0.2"
+    return mode
+
+
+def default_modes(name, X):
     """Calibration modes measured for ``name``: in-sample, its "auto" and a 0.2 split."""
-    modes = ["in_sample", "0.2"]
-    if make(name)._default_calibration() != "in_sample":
-        modes.insert(1, "cv")
-    return modes
+    return list(dict.fromkeys(["in_sample", auto_mode(name, X), "0.2"]))
 
 
 def run_split(name, feats, fit_idx, new_idx, seed, modes):
@@ -94,10 +108,6 @@ def run_split(name, feats, fit_idx, new_idx, seed, modes):
     return out
 
 
-def auto_mode(name):
-    return "cv" if "cv" in default_modes(name) else "in_sample"
-
-
 def rate(cal, new, rule):
     from skad.detectors._base import conformal_offset
 
@@ -105,6 +115,30 @@ def rate(cal, new, rule):
     new = np.asarray(new)
     thr = cal.max() if rule == "auto" else conformal_offset(cal, rule)
     return float(np.mean(new > thr))
+
+
+#: the features every split of the table was measured on: the default extractor with
+#: ImageNet statistics, the default when the table was started (``normalize`` became
+#: "auto" later, #21). The false-alarm rates are about calibration, not features; one
+#: feature set keeps the splits measured in different runs comparable.
+FEATURES = {"normalize": "imagenet"}
+
+
+def good_pool():
+    """The 229 good bottle images' features (train/good, then test/good) and the
+    number held out per split (the 20 of test/good)."""
+    data = C.bottle_data()
+    train = C.cached_features(data.train_images, "bottle_train", **FEATURES)
+    test = C.cached_features(data.test_images, "bottle_test", **FEATURES)
+    good = np.concatenate([train, test[data.test_labels == 0]])
+    return good, int((data.test_labels == 0).sum())
+
+
+def split_indices(n_good, n_new, split):
+    """(fit, held-out) indices of random split ``split`` (the same in every run)."""
+    rng = np.random.default_rng(0)
+    perm = [rng.permutation(n_good) for _ in range(split + 1)][split]
+    return np.sort(perm[n_new:]), np.sort(perm[:n_new])
 
 
 def load_raw():
@@ -134,49 +168,44 @@ def main():
                          "detector's auto, 0.2)")
     ap.add_argument("--only", nargs="*")
     args = ap.parse_args()
-    # N-pad and LOF on patches are slow (see the module docstring): name them with
+    # N-pad and LOF on patches are slower (see the module docstring): name them with
     # --only, a few splits at a time
     names = args.only or ["PatchCore 10%", "PaDiM (100 ch)", "SPADE (K=50)",
                           "LOF on pooled features"]
     command = ("flock /tmp/skad-bench.lock env OMP_NUM_THREADS=2 .venv/bin/python "
                "benchmarks/bench_thresholds.py " + shlex.join(sys.argv[1:]))
 
-    data = C.bottle_data()
-    train = C.cached_features(data.train_images, "bottle_train")
-    test = C.cached_features(data.test_images, "bottle_test")
-    good = np.concatenate([train, test[data.test_labels == 0]])
-    n_new = int((data.test_labels == 0).sum())
+    good, n_new = good_pool()
     print(f"pool: {len(good)} good images, {n_new} held out per split", flush=True)
     pooled = None
 
+    def pooled_of(x):
+        nonlocal pooled
+        if pooled is None:
+            pooled = x.mean(axis=(2, 3))
+        return pooled
+
     raw = load_raw()
-    rng = np.random.default_rng(0)
-    splits = [rng.permutation(len(good)) for _ in range(args.splits)]
     split_ids = range(args.splits) if args.split_ids is None else args.split_ids
     for name in names:
-        feats = good
-        if name in POOLED:
-            if pooled is None:
-                pooled = good.mean(axis=(2, 3))
-            feats = pooled
+        feats = pooled_of(good) if name in POOLED else good
         entry = raw.setdefault(name, {"splits": {}, "commands": []})
-        modes = args.modes or default_modes(name)
+        modes = args.modes or default_modes(name, feats[n_new:])
         for s in split_ids:
-            perm = splits[s]
-            t = time.perf_counter()
-            got = run_split(name, feats, np.sort(perm[n_new:]), np.sort(perm[:n_new]), s,
-                            modes)
-            entry["splits"].setdefault(str(s), {}).update(got)
-            print(f"{name} split {s} ({', '.join(modes)}): {time.perf_counter() - t:.1f} s",
-                  flush=True)
-            # saved after every split: a long run stopped early keeps what it measured
-            if command not in entry["commands"]:
-                entry["commands"].append(command)
-            (C.RESULTS / "thresholds_raw.json").write_text(json.dumps(raw))
+            for mode in modes:
+                t = time.perf_counter()
+                got = run_split(name, feats, *split_indices(len(good), n_new, s), s, [mode])
+                entry["splits"].setdefault(str(s), {}).update(got)
+                print(f"{name} split {s} ({mode}): {time.perf_counter() - t:.1f} s",
+                      flush=True)
+                # saved after every fit: a long run stopped early keeps what it measured
+                if command not in entry["commands"]:
+                    entry["commands"].append(command)
+                (C.RESULTS / "thresholds_raw.json").write_text(json.dumps(raw))
 
-    rows, commands = [], []
+    rows, commands, extra = [], [], []
     for name, entry in raw.items():
-        auto = auto_mode(name)
+        auto = auto_mode(name, (pooled_of(good) if name in POOLED else good)[n_new:])
         per_split = entry["splits"]
 
         def fa(mode, rule):
@@ -187,8 +216,8 @@ def main():
             k = sum(round(x * n_new) for x in rates)
             return f"{np.mean(rates):.3f} ({k}/{n_new * len(done)})"
 
-        row = {"detector": name, "auto calibration": "cv" if auto == "cv"
-               else "leave-one-image-out"}
+        row = {"detector": name, "auto calibration": {
+            "cv": "cv", "0.2": "split 0.2", "in_sample": "leave-one-image-out"}[auto]}
         for label, mode, rule in [("in-sample auto", "in_sample", "auto"),
                                   ("auto", auto, "auto"),
                                   ("far=0.05", auto, 0.05),
@@ -204,6 +233,12 @@ def main():
         row["fit s (in-sample / auto)"] = f"{fit_s('in_sample')} / {fit_s(auto)}"
         row["splits"] = ", ".join(sorted(per_split, key=int))
         rows.append(row)
+        if auto != "cv" and any("cv" in r for r in per_split.values()):
+            cv_splits = ", ".join(s for s in sorted(per_split, key=int)
+                                  if "cv" in per_split[s])
+            extra.append(f"- {name}, \"cv\" calibration (not its auto), splits "
+                         f"{cv_splits}: auto {fa('cv', 'auto')}, far=0.05 "
+                         f"{fa('cv', 0.05)}, far=0.01 {fa('cv', 0.01)}")
         commands += [f"- {name}: " + "; ".join(f"`{c}`" for c in entry["commands"])]
         print(row, flush=True)
 
@@ -221,7 +256,12 @@ so the spread is somewhat larger); with fewer splits the counts say more than th
 rates. `in-sample auto` is the threshold before calibration existed (PatchCore and SPADE
 already left each image out of their bank then, so their rows do not change). "not
 run": that calibration mode was not measured (too slow for the time we had, see
-the module docstring). Raw scores: `benchmarks/results/thresholds_raw.json`.
+the module docstring); a column over fewer splits than the row's `splits` says so
+in its count. Raw scores: `benchmarks/results/thresholds_raw.json`. Features: the
+default extractor with ImageNet statistics (`normalize="imagenet"`, the default when
+the table was started), for every row.
+
+""" + ("Measured but not the default:\n\n" + "\n".join(extra) + "\n" if extra else "") + """
 
 Commands (runs accumulate in the raw file; the table is rewritten from all of them):
 

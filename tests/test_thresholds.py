@@ -177,3 +177,59 @@ def test_patchcluster_honours_false_alarm_rate():
     # blind: the calibration scores are the fitted set's own, so fit_predict flags
     # at most the target fraction
     assert np.mean(target.predict(X) == -1) <= 0.2
+
+
+def _patch_pool(n=800, c=4, hw=3, seed=0):
+    """Patch tensors (n, c, hw, hw): each image's patches iid heavy-tailed vectors."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(df=5, size=(n, hw, hw, c)) @ rng.normal(size=(c, c))
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float32)
+
+
+def _subsampling_lof(**params):
+    return PatchOutlierDetector(LocalOutlierFactor(n_neighbors=10, novelty=True),
+                                max_patches=100, device="cpu", **params)
+
+
+def test_subsampling_detector_auto_holds_out_a_fifth():
+    """A fit that draws a random patch sample calibrates on held-out images: each draw
+    gives the scores a scale of its own, so cross-fitted scores would come from other
+    draws than the model kept (benchmarks/results/lof_calibration.md)."""
+    X = _patch_pool(n=40)  # 360 patches > max_patches=100
+    det = _subsampling_lof(random_state=3).fit(X)
+    assert det.calibration_ == "split" and len(det.calibration_scores_) == 8
+    perm = np.random.RandomState(3).permutation(40)
+    cal = X[np.sort(perm[:8])]
+    np.testing.assert_allclose(det.calibration_scores_, det.score_samples(cal))
+    # the model kept drew from the other 32 images only
+    ref = _subsampling_lof(random_state=3, calibration="in_sample").fit(X[np.sort(perm[8:])])
+    np.testing.assert_allclose(det.score_samples(X), ref.score_samples(X))
+    # no draw (every patch fitted): cross-fitting, as for the other detectors
+    assert _subsampling_lof(random_state=3).set_params(max_patches=None).fit(X) \
+        .calibration_ == "cv"
+    assert _subsampling_lof().fit(X[:3]).calibration_ == "in_sample"  # too few to split
+    blind = PatchOutlierDetector(LocalOutlierFactor(n_neighbors=5), max_patches=None,
+                                 device="cpu").fit(X[:10])
+    assert blind.calibration_ == "in_sample"
+
+
+def _patch_false_alarm_rates(det, n_fit=95, n_splits=N_SPLITS, seed=0):
+    """As :func:`_false_alarm_rates`, on patch tensors (mean rate, its standard error)."""
+    pool = _patch_pool(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    rates = np.empty(n_splits)
+    for r in range(n_splits):
+        perm = rng.permutation(len(pool))
+        est = clone(det).set_params(random_state=r).fit(pool[perm[:n_fit]])
+        rates[r] = np.mean(est.predict(pool[perm[n_fit:n_fit + N_NEW]]) == -1)
+    return rates.mean(), rates.std(ddof=1) / math.sqrt(n_splits)
+
+
+def test_subsampling_detector_false_alarm_rate_holds_over_random_splits():
+    """The guarantee of the fixed path, by simulation: 95 images fitted, the auto split
+    holds out 19, so the rate lies in [alpha - 1/20, alpha] up to sampling error."""
+    det = _subsampling_lof(false_alarm_rate=ALPHA)
+    assert det.fit(_patch_pool(n=95)).calibration_ == "split"
+    assert len(det.calibration_scores_) == 19
+    mean, se = _patch_false_alarm_rates(det)
+    assert ALPHA - 1 / 20 - 3 * se <= mean <= ALPHA + 3 * se, (mean, se)

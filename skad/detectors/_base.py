@@ -28,6 +28,9 @@ _BLIND_MADS = 3.0
 _CV_FOLDS = 5
 #: fewer training samples than this: "cv" falls back to in-sample scores
 _CV_MIN_SAMPLES = 4
+#: the fraction held out when ``calibration="auto"`` means a split (detectors whose
+#: fit draws a random subsample, see ``BaseDetector._default_calibration``)
+_AUTO_SPLIT = 0.2
 
 
 def conformal_offset(calibration_anomaly, false_alarm_rate):
@@ -248,9 +251,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
       detectors override it so a training sample is not scored against itself),
     - ``_validate_input(X, reset)``: validation (patch detectors use
       :class:`PatchDetectorMixin`; image detectors validate images),
-    - optionally ``_default_calibration()``: what ``calibration="auto"`` means
-      ("cv" here; "in_sample" where ``_offset_scores`` are already unbiased, and for
-      :class:`ImageDetectorMixin`),
+    - optionally ``_default_calibration(X)``: what ``calibration="auto"`` means for
+      the validated training set ``X`` ("cv" here; "in_sample" where
+      ``_offset_scores`` are already unbiased, and for :class:`ImageDetectorMixin`;
+      "split" where each fit draws a random subsample),
 
     and declare ``contamination`` and ``sigma`` parameters, and, to expose them,
     ``calibration`` (default "auto") and ``false_alarm_rate`` (default None).
@@ -310,7 +314,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self : object
         """
         X = self._validate_input(X, reset=True)
-        self.calibration_ = self._calibration_mode(len(X))
+        self.calibration_ = self._calibration_mode(X)
         with self._threads():
             if self.calibration_ == "split":
                 fit_idx, cal_idx = self._calibration_split(len(X))
@@ -335,19 +339,30 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _offset_scores(self, X):
         return self._score_images(X)
 
-    def _default_calibration(self):
-        """What ``calibration="auto"`` means for this detector.
+    def _default_calibration(self, X):
+        """What ``calibration="auto"`` means for this detector and training set ``X``.
 
         "cv" (cross-fitted scores) unless the detector's ``_offset_scores`` already
         leave each training image out (memory banks: PatchCore, SPADE override this
-        to "in_sample").
+        to "in_sample"). Cross-fitting assumes that a model fitted on 4/5 of the
+        samples scores on the scale of the model fitted on all of them. A detector
+        whose fit draws a random subsample breaks that: each draw gives the scores a
+        scale of its own, so fold scores do not transfer to the model kept
+        (``benchmarks/results/lof_calibration.md``). Such a detector returns "split":
+        the fraction ``_AUTO_SPLIT`` of the samples is held out and scored by the
+        model kept (split conformal, exact for that very model).
         """
         return "cv"
 
-    def _calibration_mode(self, n):
+    def _calibration_mode(self, X):
+        n = len(X)
         mode = getattr(self, "calibration", "auto")
         if mode == "auto":
-            mode = self._default_calibration()
+            mode = self._default_calibration(X)
+            if mode == "split":
+                if n < _CV_MIN_SAMPLES:
+                    return "in_sample"  # too few samples to hold any out
+                return "split"
         if isinstance(mode, Real) and not isinstance(mode, bool):
             n_cal = int(round(float(mode) * n))
             if n_cal < 1 or n - n_cal < 1:
@@ -368,8 +383,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return check_random_state(0 if seed is None else seed)
 
     def _calibration_split(self, n):
+        mode = getattr(self, "calibration", "auto")
+        fraction = _AUTO_SPLIT if mode == "auto" else float(mode)
         perm = self._split_rng().permutation(n)
-        n_cal = int(round(float(self.calibration) * n))
+        n_cal = int(round(fraction * n))
         return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
 
     def _cross_fit_scores(self, X):
@@ -666,7 +683,7 @@ class ImageDetectorMixin:
 
     _min_train_images = 2
 
-    def _default_calibration(self):
+    def _default_calibration(self, X):
         # cross-fitting would train the network 5 more times: in-sample scores (the
         # detectors' own _offset_scores) unless the user asks for "cv" or a split
         return "in_sample"

@@ -133,7 +133,11 @@ None, default=None
         a model fitted without its fold (5 folds; the model kept is fitted on all
         samples); a float holds that fraction of the training samples out of fit (the
         exact split-conformal setting: the model kept is fitted on the rest); "auto":
-        "cv"; "in_sample" for a blind (``novelty=False``) LOF. See ``doc/operating.md``.
+        "in_sample" for a blind (``novelty=False``) LOF; a held-out fifth (0.2) when
+        ``max_patches`` subsamples the training patches (each fit draws its own
+        sample, and the scores take their scale from the draw, so the fold models'
+        scores of "cv" do not transfer to the model kept); "cv" otherwise. See
+        ``doc/operating.md``.
     false_alarm_rate : float in (0, 1) or None, default=None
         Target rate of normal samples flagged: ``offset_`` at the split-conformal
         quantile of the calibration scores (the ``ceil((n_cal + 1)(1 - rate))``-th
@@ -315,9 +319,17 @@ None, default=None
         flat = maps.reshape(maps.shape[0], -1)
         return flat.max(axis=1) if self.image_score == "max" else flat.mean(axis=1)
 
-    def _default_calibration(self):
-        # a blind LOF cannot score samples outside its fit: its own scores
-        return "in_sample" if _is_blind_lof(self.estimator) else "cv"
+    def _default_calibration(self, X):
+        if _is_blind_lof(self.estimator):
+            # a blind LOF cannot score samples outside its fit: its own scores
+            return "in_sample"
+        n_patches = X.shape[0] * X.shape[2] * X.shape[3]
+        if self.max_patches is not None and n_patches > self.max_patches:
+            # every fit draws its own patch sample, and the image score (the highest
+            # patch score) takes its scale from the draw: cross-fitted scores do not
+            # transfer to the model kept (BaseDetector._default_calibration)
+            return "split"
+        return "cv"
 
     def _offset_scores(self, X):
         if self.blind_:

@@ -422,7 +422,7 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
             state["bank_image_ids_"] = state["coreset_indices_"] // hw
         super().__setstate__(state)
 
-    def _default_calibration(self):
+    def _default_calibration(self, X):
         return "in_sample"  # blind: the training set is the set scored
 
     def _offset_scores(self, X):

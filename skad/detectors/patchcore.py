@@ -472,7 +472,7 @@ class PatchCore(StreamingMixin, BlindModeMixin, DeviceMixin, PatchDetectorMixin,
     def _score_images(self, X):
         return self._patch_scores(X, exclude_own_image=False, maps=False)[0]
 
-    def _default_calibration(self):
+    def _default_calibration(self, X):
         return "in_sample"  # _offset_scores leave each training image out
 
     def _offset_scores(self, X):

@@ -254,7 +254,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     def _score(self, X):
         return self._spade_scores(X)
 
-    def _default_calibration(self):
+    def _default_calibration(self, X):
         return "in_sample"  # _offset_scores leave each training image out
 
     def _offset_scores(self, X):
