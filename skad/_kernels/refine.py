@@ -1,4 +1,4 @@
-"""Exact k nearest bank rows of a few query rows: one product, or pruning by bounds.
+"""Exact k nearest bank rows by pruning with bounds (few rows; or restricted searches).
 
 The searches of :mod:`.knn` and :mod:`.ann` are built for many queries at once. An
 approximate search's answers sometimes have to be made exact for a few rows only
@@ -18,6 +18,15 @@ eq. 7). :func:`exact_knn` does that against a fixed bank, from
 Pruning pays for rows close to the bank (bank rows themselves: a few dozen
 candidates); rows far from it (anomalous patches) have too many candidates and go to
 the product. Measured figures: ``doc/search.md``.
+
+:func:`ball_knn` answers many rows exactly when each may only see some groups of bank
+rows (SPADE: a test image's patches against those of its ``K`` nearest training
+images), without a product over all allowed rows: :func:`ball_partition` sorts the bank
+by k-means cell and distance to the cell's centre once; a query then visits cells
+nearest first, skips those that the triangle inequality rules out, and measures only
+the rows whose bounds (distance to the centre, then a partial distance over the
+leading principal coordinates) are within its current ``k``-th distance. The loops
+are compiled with numba.
 """
 
 from __future__ import annotations
