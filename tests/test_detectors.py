@@ -183,6 +183,30 @@ def test_spade_image_and_pixel_levels():
     assert blind.anomaly_map(X_train).min() > 0
 
 
+@pytest.mark.parametrize("n_neighbors, n_pixel_neighbors", [(3, 1), (3, 4), (50, 2)])
+def test_spade_pruned_search_equals_exact(n_neighbors, n_pixel_neighbors):
+    # the default CPU search ("pruned") gives the brute-force scores and maps: K above
+    # the number of images (clipped), ties (a test image equal to a training image),
+    # one test image, two training images
+    X_train, X_test, _ = _patch_data()
+    X_test = np.concatenate([X_test, X_train[:1]])
+    kw = dict(n_neighbors=n_neighbors, n_pixel_neighbors=n_pixel_neighbors, device="cpu")
+    exact = SPADE(nn_method="exact", **kw).fit(X_train)
+    pruned = SPADE(random_state=0, **kw).fit(X_train)
+    assert pruned.nn_method_ == "pruned" and exact.partition_ is None
+    for Xs in (X_test, X_test[-1:]):
+        np.testing.assert_allclose(pruned.score_samples(Xs), exact.score_samples(Xs),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(pruned.anomaly_map(Xs), exact.anomaly_map(Xs),
+                                   rtol=1e-5, atol=1e-5)
+    two = SPADE(n_pixel_neighbors=n_pixel_neighbors, device="cpu").fit(X_train[:2])
+    np.testing.assert_allclose(
+        two.anomaly_map(X_test),
+        SPADE(n_pixel_neighbors=n_pixel_neighbors, nn_method="exact",
+              device="cpu").fit(X_train[:2]).anomaly_map(X_test), rtol=1e-5, atol=1e-5)
+    assert pickle.loads(pickle.dumps(pruned)).anomaly_map(X_test[:1]).shape == (1, 5, 5)
+
+
 def test_patch_outlier_subsampling_and_nested_params():
     X_train, X_test, _ = _patch_data()
     det = PatchOutlierDetector(

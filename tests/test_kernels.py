@@ -11,7 +11,7 @@ from skad._kernels.ann import NeighborIndex, build_index
 from skad._kernels.coreset import greedy_coreset, random_projection
 from skad._kernels.gaussian import cholesky_factors, fit_gaussians, mahalanobis
 from skad._kernels.knn import knn_search, ranking_operand, same_group_counts
-from skad._kernels.refine import bank_products, exact_knn, pruned_knn
+from skad._kernels.refine import ball_knn, ball_partition, bank_products, exact_knn, pruned_knn
 from skad._kernels.reweight import reweight_factor, reweighted_image_scores
 
 
@@ -415,6 +415,61 @@ def test_exact_knn_matches_brute_force_with_and_without_bounds(k):
     d_ref, i_ref = _brute_knn(q, bank, k, qg, bg)
     d, i = exact_knn(q, bank, k, products, groups=(qg, bg))
     np.testing.assert_array_equal(i, i_ref)
+
+
+def _allowed_brute(q, bank, k, qg, bg, allowed):
+    """k smallest distances of each query among its allowed bank rows (brute force)."""
+    d = np.linalg.norm(q[:, None].astype(np.float64) - bank[None], axis=2)
+    d[~allowed[qg][:, bg]] = np.inf
+    return np.sort(d, axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_ball_knn_is_exact(k):
+    # the pruned restricted search returns the brute-force distances: near and far
+    # queries, exact duplicates of bank rows (distance 0), tied rows, k above a cell's
+    # size, one cell and as many cells as rows
+    rng = np.random.default_rng(7)
+    bank = (rng.normal(size=(1200, 37)) * np.linspace(3, 0.1, 37)).astype(np.float32)
+    bank[600:650] = bank[550:600]  # ties: equal rows in other groups
+    bg = np.repeat(np.arange(12), 100)
+    q = np.r_[bank[:30], bank[:30] + 0.2 * rng.normal(size=(30, 37)).astype(np.float32),
+              8 * rng.normal(size=(10, 37)).astype(np.float32), bank[560:570]]
+    qg = rng.integers(0, 5, len(q))
+    allowed = rng.random((5, 12)) < 0.4
+    allowed[:, 6] = True
+    ref = _allowed_brute(q, bank, k, qg, bg, allowed)
+    for n_cells in (None, 1, 7, len(bank)):
+        part = ball_partition(bank, bg, n_cells=n_cells, random_state=0)
+        d, i = ball_knn(q, bank, k, part, qg, allowed)
+        np.testing.assert_allclose(d, ref, rtol=1e-5, atol=1e-5)
+        assert allowed[qg[:, None], bg[i]].all()  # only allowed rows come back
+        np.testing.assert_allclose(np.linalg.norm(q[:, None] - bank[i], axis=2), d,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_ball_knn_edge_cases():
+    rng = np.random.default_rng(8)
+    bank = rng.normal(size=(50, 4)).astype(np.float32)
+    part = ball_partition(bank, np.zeros(50, int), random_state=1)
+    q = rng.normal(size=(6, 4)).astype(np.float32)
+    one = np.ones((1, 1), bool)
+    # one group, k = every row: all distances, sorted
+    d, _ = ball_knn(q, bank, 50, part, np.zeros(6, int), one)
+    np.testing.assert_allclose(d, _allowed_brute(q, bank, 50, np.zeros(6, int),
+                                                 np.zeros(50, int), one), rtol=1e-5, atol=1e-5)
+    assert ball_knn(q[:0], bank, 1, part, np.zeros(0, int), one)[0].shape == (0, 1)
+    # a constant bank: every distance ties
+    flat = np.ones((20, 3), np.float32)
+    d, _ = ball_knn(np.zeros((2, 3), np.float32), flat, 2,
+                    ball_partition(flat, np.zeros(20, int)), np.zeros(2, int), one)
+    np.testing.assert_allclose(d, np.sqrt(3), rtol=1e-6)
+    with pytest.raises(ValueError, match="k=51 exceeds"):
+        ball_knn(q, bank, 51, part, np.zeros(6, int), one)
+    with pytest.raises(ValueError, match="groups: expected shape"):
+        ball_partition(bank, np.zeros(3, int))
+    with pytest.raises(ValueError, match="n_cells"):
+        ball_partition(bank, np.zeros(50, int), n_cells=51)
 
 
 def test_ranking_operand_ranks_like_distances():

@@ -7,7 +7,9 @@ The search engine:
 - :mod:`.ann`: an index choosing exact search, candidate-list cells, a faiss IVF index
   or a pynndescent graph;
 - :mod:`.refine`: exact k-NN of a few rows against a fixed bank (one product, or
-  pruning by lower bounds), to make approximate answers exact where needed;
+  pruning by lower bounds), to make approximate answers exact where needed, and exact
+  k-NN restricted to allowed groups of bank rows by triangle-inequality pruning
+  (SPADE's pixel level);
 - :mod:`.reweight`: PatchCore's eq. 7 image-score reweighting.
 
 Other kernels:

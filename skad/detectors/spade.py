@@ -9,6 +9,7 @@ import numpy as np
 from .._kernels import patch_rows
 from .._kernels.ann import build_index
 from .._kernels.knn import knn_search
+from .._kernels.refine import ball_knn, ball_partition
 from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, BlindModeMixin, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
@@ -25,16 +26,18 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     compared with every patch of those nearest training images; its score is the
     mean distance to its ``n_pixel_neighbors`` nearest patches.
 
-    The pixel search is exact (``nn_method="exact"``, the default: every test patch
-    against the ``K * h * w`` patches of its image's nearest training images, several
-    GFLOP per image at the defaults) or PatchCore's "cells" search over all training
-    patches restricted to those images (``nn_method="cells"``;
-    :meth:`~skad._kernels.ann.NeighborIndex.query` with ``allowed``): a miss returns
-    a farther patch of an allowed image, so a pixel can only look more anomalous.
-    "cells" is not the default: on bottle it did not make predict faster (paired with
-    the backbone) and building its index made fit two orders of magnitude slower;
-    timings, recall and accuracy beside the exact search:
-    ``benchmarks/results/issue19_speed.md``.
+    The pixel search is exact by default: on the CPU by pruning (``nn_method="pruned"``,
+    :func:`~skad._kernels.refine.ball_knn`: k-means cells of the training patches,
+    skipped or partly read by triangle-inequality bounds and partial distances over the
+    leading principal coordinates; the same distances as the brute-force search to
+    float rounding, several times faster), on CUDA by products (``nn_method="exact"``:
+    every test patch against the ``K * h * w`` patches of its image's nearest training
+    images, several GFLOP per image at the defaults). ``nn_method="cells"`` is
+    PatchCore's approximate search over all training patches restricted to those images
+    (:meth:`~skad._kernels.ann.NeighborIndex.query` with ``allowed``): a miss returns a
+    farther patch of an allowed image, so a pixel can only look more anomalous; it did
+    not make predict faster on bottle and its index makes fit much slower. Speed and
+    recall of each: ``benchmarks/results/issue19_speed.md``.
 
     Parameters
     ----------
@@ -73,10 +76,11 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         smallest anomaly score), so a new normal sample is flagged with probability at
         most ``false_alarm_rate`` when the calibration scores are unbiased. Leave
         ``contamination="auto"`` with it.
-    nn_method : {"auto", "exact", "cells"}, default="auto"
-        Pixel-level search (see above); "auto" is "exact".
+    nn_method : {"auto", "pruned", "exact", "cells"}, default="auto"
+        Pixel-level search (see above); "auto" is "pruned" on the CPU, "exact" on CUDA.
     random_state : int, RandomState instance or None, default=None
-        Seeds the "cells" index (its k-means).
+        Seeds the k-means of the "pruned" cells (any seed gives the same distances) and
+        of the "cells" index.
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps (the paper uses 4).
     device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
@@ -86,8 +90,11 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     ----------
     index_ : NeighborIndex
         The pixel-level index over all training patches (``index_.bank_``: one row per
-        patch, image by image).
-    nn_method_ : {"exact", "cells"}
+        patch, image by image; "exact" with ``nn_method_="pruned"``).
+    partition_ : dict or None
+        With ``nn_method_="pruned"``: the cells, bounds and rotated patches of
+        :func:`~skad._kernels.refine.ball_partition`; else None.
+    nn_method_ : {"pruned", "exact", "cells"}
     train_pooled_ : ndarray of float32, shape (n_train, C)
     n_neighbors_ : int
         Images used at the image level: ``min(n_neighbors, n_train - 1)`` so that the
@@ -114,8 +121,9 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       (mean-pooled for images), so SPADE runs on the same features as the other
       detectors.
     - Memory: all training patches, ``4 * n_train * C * h * w`` bytes (209 bottle
-      images x 120 x 28 x 28, the default features: 79 MB), and with "cells" their candidate lists (each
-      row about 2-4 times more).
+      images x 120 x 28 x 28, the default features: 79 MB); "pruned" keeps a rotated, sorted copy beside
+      them (about as much again, also in a pickle), "cells" their candidate lists
+      (each row about 2-4 times more).
     - Training scores for ``offset_`` exclude each image from its own neighbours (in
       blind mode: the blind scores of the fitted set, which skip its nearest image).
       Like every memory-bank method, ``score_samples(X_train)`` is therefore higher
@@ -146,7 +154,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "n_pixel_neighbors": [Interval(Integral, 1, None, closed="left")],
         **BlindModeMixin._exclude_constraints(deprecated_exclude_self=True),
-        "nn_method": [StrOptions({"auto", "exact", "cells"})],
+        "nn_method": [StrOptions({"auto", "exact", "pruned", "cells"})],
         "random_state": ["random_state"],
         **DeviceMixin._device_constraint,
     }
@@ -195,11 +203,17 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         clip_to_data(self, "n_pixel_neighbors", self.n_pixel_neighbors,
                      K * X.shape[2] * X.shape[3], "patches of the K nearest training images")
         method = self.nn_method
-        if method == "auto":
-            method = "exact"  # "cells" did not pay on bottle (see the Notes above)
-        self.index_ = build_index(patch_rows(X), method=method,
+        if method == "auto":  # the pruned search is a CPU kernel
+            method = "pruned" if self.device_.type == "cpu" else "exact"
+        rows = patch_rows(X)
+        self.index_ = build_index(rows, method="exact" if method == "pruned" else method,
                                   random_state=self.random_state, device=self.device_)
-        self.nn_method_ = self.index_.method_
+        self.partition_ = None
+        if method == "pruned":
+            self.partition_ = ball_partition(
+                rows, np.repeat(np.arange(n), X.shape[2] * X.shape[3]),
+                random_state=self.random_state)
+        self.nn_method_ = method
         self._train_hw = X.shape[2] * X.shape[3]
         return self
 
@@ -210,6 +224,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
                 state["exclude_"] = "self" if state.get("exclude_self") is True else None
                 state["blind_"] = state["exclude_"] is not None
                 state["n_pixel_neighbors_"] = state["n_pixel_neighbors"]
+        if "train_pooled_" in state and "partition_" not in state:  # before "pruned"
+            state = dict(state, partition_=None)
         if "train_patches_" in state and "index_" not in state:
             # pickled before the index: the exact search over the stored patches
             state = dict(state, nn_method="exact", random_state=None)
@@ -246,6 +262,10 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         n_train = self.train_pooled_.shape[0]
         allowed = np.zeros((n, n_train), dtype=bool)
         allowed[np.arange(n)[:, None], nbr] = True
+        if self.nn_method_ == "pruned":
+            d, _ = ball_knn(patch_rows(X), self.index_.bank_, kappa, self.partition_,
+                            np.repeat(np.arange(n), h * w), allowed)
+            return image, d.mean(axis=1).reshape(n, h, w).astype(np.float32)
         d, _ = self.index_.query(
             patch_rows(X), kappa, query_groups=np.repeat(np.arange(n), h * w),
             bank_groups=np.repeat(np.arange(n_train), thw), allowed=allowed)
