@@ -240,7 +240,8 @@ def main():
             return f"{np.mean(rates):.3f} ({k}/{n_new * len(done)})"
 
         row = {"detector": name, "auto calibration": {
-            "cv": "cv", "0.2": "split 0.2", "in_sample": "leave-one-image-out"}[auto]}
+            "cv": "cv", "0.2": "split 0.2",
+            "in_sample": "in-sample" if name in IMAGES else "leave-one-image-out"}[auto]}
         for label, mode, rule in [("in-sample auto", "in_sample", "auto"),
                                   ("auto", auto, "auto"),
                                   ("far=0.05", auto, 0.05),
