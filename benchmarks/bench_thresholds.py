@@ -15,10 +15,12 @@ them and counts how many of the other 20 ``predict`` flags (false alarms). Thres
   calibration and with ``calibration=0.2`` (a held-out fifth; the model is fitted on
   the other 167 images: the exact split-conformal setting).
 
-SMCC (trained: self-update of its own extractor, then a one-batch memory) takes the
-images themselves; its "auto" is in-sample (cross-fitting would train the network five
-more times), so its rows measure how biased in-sample scores of a trained detector are
-and what a held-out fifth (``calibration=0.2``) gives instead.
+The trained detectors (SMCC: self-update of its own extractor, then a one-batch
+memory; MemSeg; LocalOCC) take the images themselves; their "auto" is in-sample
+(cross-fitting would train the network five more times), so their rows measure how
+biased in-sample scores of a trained detector are and what a held-out fifth
+(``calibration=0.2``) gives instead. A MemSeg or LocalOCC fit costs 3-7 minutes on 2
+cores: measure them a few splits per run (``--only MemSeg --split-ids 0 1``).
 
 One fit per (detector, split, calibration mode): the rules are applied to the same
 calibration scores (``skad.detectors._base.conformal_offset``), which is what ``fit``
@@ -57,7 +59,8 @@ RATES = (0.05, 0.01)
 def make(name):
     from sklearn.neighbors import LocalOutlierFactor
 
-    from skad.detectors import SMCC, SPADE, NPad, PaDiM, PatchCore, PatchOutlierDetector
+    from skad.detectors import (SMCC, SPADE, LocalOCC, MemSeg, NPad, PaDiM, PatchCore,
+                                PatchOutlierDetector)
 
     return {
         "PatchCore 10%": lambda: PatchCore(coreset_ratio=0.1, random_state=0, device="cpu"),
@@ -65,6 +68,8 @@ def make(name):
         "SPADE (K=50)": lambda: SPADE(n_neighbors=50, device="cpu"),
         "N-pad": lambda: NPad(random_state=0, device="cpu"),
         "SMCC": lambda: SMCC(random_state=0, device="cpu"),
+        "MemSeg": lambda: MemSeg(random_state=0, device="cpu"),
+        "LocalOCC": lambda: LocalOCC(random_state=0, device="cpu"),
         "LOF on pooled features": lambda: PatchOutlierDetector(
             LocalOutlierFactor(n_neighbors=20, novelty=True)),
         "LOF on patches": lambda: PatchOutlierDetector(
@@ -76,7 +81,7 @@ def make(name):
 POOLED = {"LOF on pooled features"}
 
 #: detectors that take images (their own trained extractor), not the cached features
-IMAGES = {"SMCC"}
+IMAGES = {"SMCC", "MemSeg", "LocalOCC"}
 
 
 def auto_mode(name, X):

@@ -158,3 +158,14 @@ def test_registry_builds_a_pipeline(data):
     pipe.fit(data[0])
     assert pipe.anomaly_map(data[1]).shape == (4, 64, 64)
     assert det.extractor_.layers_ == ("blocks.1", "blocks.2", "blocks.4")
+
+
+def test_calibration_split_and_false_alarm_rate(data):
+    det = _det(epochs=1, calibration=0.25, false_alarm_rate=0.3).fit(data[0])
+    # three of the 12 images held out of training, scored by the network kept
+    assert det.calibration_ == "split" and len(det.calibration_scores_) == 3
+    assert np.isfinite(det.offset_)
+    p = det.pvalues(data[1])
+    assert p.shape == (4,) and ((p > 0) & (p <= 1)).all()
+    with pytest.raises(ValueError, match="calibration"):
+        _det(calibration=1.5).fit(data[0])

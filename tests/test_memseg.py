@@ -191,3 +191,15 @@ def test_default_extractor_and_resnet_layers():
                  n_memory=1, max_iter=1, batch_size=2, random_state=0, device="cpu").fit(X)
     assert res.extractor_.layers_ == ("relu", "layer1", "layer2", "layer3", "layer4")
     assert {n.split(".")[0] for n in res.trainable_parameters_} == {"layer4"}
+
+
+def test_calibration_split_and_false_alarm_rate():
+    X = _images(10)
+    det = _det(calibration=0.3, false_alarm_rate=0.3).fit(X)
+    # three images held out of training, scored by the network kept
+    assert det.calibration_ == "split" and len(det.calibration_scores_) == 3
+    assert np.isfinite(det.offset_)
+    p = det.pvalues(_images(2, seed=1))
+    assert p.shape == (2,) and ((p > 0) & (p <= 1)).all()
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        _det(false_alarm_rate=1.5).fit(X)

@@ -162,6 +162,18 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
     weight_decay : float, default=0.0
     solver : {"adam", "adamw", "sgd"}, default="adam"
     contamination : "auto" or float in (0, 0.5], default="auto"
+        ``"auto"``: ``offset_`` at the least normal calibration image (none
+        flagged); a float flags that fraction of them.
+    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+        The normal images whose scores set ``offset_`` (``calibration_scores_``):
+        "in_sample" / "auto" the training images, which the network was trained on
+        (biased low: new good images can be flagged more often than
+        ``false_alarm_rate`` says); a float holds that fraction of the training images
+        out of fit (the split-conformal setting: the network trains on the rest; see
+        ``doc/operating.md``); "cv" trains 5 more times.
+    false_alarm_rate : float in (0, 1) or None, default=None
+        Target rate of normal images flagged: ``offset_`` at the split-conformal
+        quantile of the calibration scores (a guarantee with a float ``calibration``).
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of upsampled maps.
     device : {"auto", "cpu", "cuda", "cuda:<index>"} or torch.device, default="auto"
@@ -280,6 +292,8 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         weight_decay=0.0,
         solver="adam",
         contamination="auto",
+        calibration="auto",
+        false_alarm_rate=None,
         sigma=4.0,
         device="auto",
         random_state=None,
@@ -305,6 +319,8 @@ class LocalOCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         self.weight_decay = weight_decay
         self.solver = solver
         self.contamination = contamination
+        self.calibration = calibration
+        self.false_alarm_rate = false_alarm_rate
         self.sigma = sigma
         self.device = device
         self.random_state = random_state

@@ -296,8 +296,19 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
     min_lr_ratio : float in [0, 1], default=0.0333
         The authors' 1e-4 / 3e-3.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        ``"auto"``: ``offset_`` at the least normal training image (memory images
-        compared with the other memory samples).
+        ``"auto"``: ``offset_`` at the least normal calibration image (in-sample:
+        memory images compared with the other memory samples); a float flags that
+        fraction of them.
+    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+        The normal images whose scores set ``offset_`` (``calibration_scores_``):
+        "in_sample" / "auto" the training images, which the network was trained on
+        (biased low: new good images can be flagged more often than
+        ``false_alarm_rate`` says); a float holds that fraction of the training images
+        out of fit (the split-conformal setting: the network trains on the rest; see
+        ``doc/operating.md``); "cv" trains 5 more times.
+    false_alarm_rate : float in (0, 1) or None, default=None
+        Target rate of normal images flagged: ``offset_`` at the split-conformal
+        quantile of the calibration scores (a guarantee with a float ``calibration``).
     sigma : float, default=4.0
         Gaussian smoothing (pixels) of maps resized by ``output_size``, skad's default
         for every detector (0: none, the paper's end-to-end maps).
@@ -428,6 +439,8 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         warmup_ratio=0.1,
         min_lr_ratio=1e-4 / 3e-3,
         contamination="auto",
+        calibration="auto",
+        false_alarm_rate=None,
         sigma=4.0,
         device="auto",
         random_state=None,
@@ -454,6 +467,8 @@ class MemSeg(DeviceMixin, ImageDetectorMixin, BaseDetector):
         self.warmup_ratio = warmup_ratio
         self.min_lr_ratio = min_lr_ratio
         self.contamination = contamination
+        self.calibration = calibration
+        self.false_alarm_rate = false_alarm_rate
         self.sigma = sigma
         self.device = device
         self.random_state = random_state
