@@ -109,7 +109,10 @@ def nearest_rows(query, bank, *, bank_sq=None, n_threads=1):
         return np.empty(0, np.float32), np.empty(0, np.int64)
     numba.set_num_threads(max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS)))
     with _pools().limit(limits=1, user_api="blas"):
-        block = min(QUERY_BLOCK, -(-len(q) // max(1, int(n_threads))))
+        # equal blocks, a multiple of the threads (numba splits the blocks evenly)
+        threads = max(1, int(n_threads))
+        n_blocks = threads * -(-len(q) // (threads * QUERY_BLOCK))
+        block = -(-len(q) // n_blocks)
         idx = _kernel()(q, bank, np.ascontiguousarray(bank_sq, np.float32), block, BANK_BLOCK)
     diff = q - bank[idx]
     return np.sqrt(np.einsum("ij,ij->i", diff, diff)), idx
