@@ -102,7 +102,7 @@ def shift_taps(h, w, shift):
     --------
     >>> from skad._kernels.taps import shift_taps
     >>> idx, wts = shift_taps(1, 4, (0.0, 0.5))
-    >>> idx[1].tolist(), wts[1].tolist()
+    >>> idx[1].tolist(), [round(float(v), 4) for v in wts[1]]
     ([0, 1, 0, 1], [0.5, 0.5, 0.0, 0.0])
     """
     idx, wts = _shift_taps_cached(int(h), int(w), float(shift[0]), float(shift[1]))
@@ -374,7 +374,8 @@ def whitened_tap_norms(x, means, whiten, pre_idx, pre_w, n_rows, post_k, post_w,
     >>> x = np.ones((1, 4, 2), np.float32)
     >>> taps = pooled_shift_taps(2, 2, [(0.0, 0.0)])
     >>> W = np.broadcast_to(np.eye(2, dtype=np.float32), (4, 2, 2))
-    >>> whitened_tap_norms(x, np.zeros((4, 2), np.float32), W, *taps)[0, 0].round(4).tolist()
+    >>> out = whitened_tap_norms(x, np.zeros((4, 2), np.float32), W, *taps)
+    >>> [round(float(v), 4) for v in out[0, 0]]
     [1.4142, 1.4142, 1.4142, 1.4142]
     """
     import numba

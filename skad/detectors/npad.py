@@ -272,12 +272,28 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
       within cells of about ``kmeans_cell_size`` features from a coarse k-means
       (one k-means over all features costs ``n^2``: 16k centres x 164k features).
     - **Memory.** Every covariance is float32 and factorised once in fit (Cholesky,
-      then its inverse: scoring is one batched product per block of images, all
-      shifted copies together). Fit holds the final factors of A and B
+      then its lower-triangular inverse ``W``). Fit holds the final factors of A and B
       (``2 h w d^2`` floats), the features and one chunk of raw covariances.
       For the default features (d = 120, 28x28) that is 2 x 45 MB; for d = 550 it is
       2 x 0.95 GB at 28x28 and 2 x 3.8 GB at 56x56 (plus the features, 209 bottle
       images x 56 x 56 x 550 floats = 1.4 GB, and their 3x3 average).
+    - **What predict computes and costs** (per image, ``P = h w`` positions, ``m``
+      shifted passes, ``|O|`` offsets of C's window). A bilinear shift with replicated
+      borders makes each shifted feature a combination of at most four unshifted ones
+      with weights summing to 1, so ``W_q (x^s_p - mu_q) = sum_t a_t W_q (x_{r_t} -
+      mu_q)``. On the CPU module A (with C) whitens the distinct unshifted features
+      ``r`` around each ``q`` once (9 for the defaults: ``m = 5`` passes below one
+      position, a 2x2 window) and combines them for all ``m |O|`` (20) pairs of
+      shift and offset; module B whitens the 3x3 average of each shifted copy (built
+      from at most 16 unshifted features), ``m`` per position. The products use the
+      triangle of ``W`` (``d^2 / 2`` multiply-adds), one compiled loop over positions
+      (:mod:`skad._kernels.taps`): ``(9 + 5) P d^2 / 2`` multiply-adds instead of
+      ``(20 + 5) P d^2`` for the shifted copies. The image score's nearest-centroid
+      search costs ``m * top_k * n_centroids * d`` (blocked products,
+      :mod:`skad._kernels.nearest`), as much as module A. Both are exact: only the
+      order of float32 additions changes (scores equal to float rounding). On CUDA the
+      shifted copies are scored directly, every copy of a batch in one batched
+      product. Measured split and speed: ``doc/npad.md``.
 
     Measured effects of these choices and of each module on bottle (ablations of
     ``beta``, ``channel_order``, ``modules``, shifting, ``score_neighborhood`` and
