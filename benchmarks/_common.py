@@ -82,8 +82,10 @@ def cached_features(images, key, **extractor_params):
     """
     CACHE.mkdir(parents=True, exist_ok=True)
     runtime = {"n_threads", "batch_size", "verbose", "device"}
-    full = {k: v for k, v in _extractor(**extractor_params).get_params(deep=False).items()
-            if k not in runtime}
+    ext = _extractor(**extractor_params)
+    full = {k: v for k, v in ext.get_params(deep=False).items() if k not in runtime}
+    if full.get("layers") is None:  # the default layers changed once (#21): resolve them
+        full["layers"] = list(ext._check_layers())
     path = CACHE / f"{key}_{_params_key(full)}.npy"
     if not path.exists():
         ext = _extractor(**extractor_params)

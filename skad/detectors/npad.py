@@ -18,6 +18,7 @@ from .._kernels.gaussian import (cholesky_factors, fit_gaussians, whitened_dista
                                  whitening_factors)
 from .._kernels.kmeans import partitioned_kmeans
 from .._kernels.knn import knn_search
+from .._kernels.nearest import nearest_rows
 from .._kernels.spatial import (
     bhattacharyya_weights,
     neighbour_index,
@@ -25,6 +26,7 @@ from .._kernels.spatial import (
     weighted_gaussians,
     window_offsets,
 )
+from .._kernels.taps import pooled_shift_taps, whitened_tap_norms, window_shift_taps
 from ..features.pooling import local_average_pool
 from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, PatchDetectorMixin, clip_to_data
@@ -270,12 +272,28 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
       within cells of about ``kmeans_cell_size`` features from a coarse k-means
       (one k-means over all features costs ``n^2``: 16k centres x 164k features).
     - **Memory.** Every covariance is float32 and factorised once in fit (Cholesky,
-      then its inverse: scoring is one batched product per block of images, all
-      shifted copies together). Fit holds the final factors of A and B
+      then its lower-triangular inverse ``W``). Fit holds the final factors of A and B
       (``2 h w d^2`` floats), the features and one chunk of raw covariances.
       For the default features (d = 120, 28x28) that is 2 x 45 MB; for d = 550 it is
       2 x 0.95 GB at 28x28 and 2 x 3.8 GB at 56x56 (plus the features, 209 bottle
       images x 56 x 56 x 550 floats = 1.4 GB, and their 3x3 average).
+    - **What predict computes and costs** (per image, ``P = h w`` positions, ``m``
+      shifted passes, ``|O|`` offsets of C's window). A bilinear shift with replicated
+      borders makes each shifted feature a combination of at most four unshifted ones
+      with weights summing to 1, so ``W_q (x^s_p - mu_q) = sum_t a_t W_q (x_{r_t} -
+      mu_q)``. On the CPU module A (with C) whitens the distinct unshifted features
+      ``r`` around each ``q`` once (9 for the defaults: ``m = 5`` passes below one
+      position, a 2x2 window) and combines them for all ``m |O|`` (20) pairs of
+      shift and offset; module B whitens the 3x3 average of each shifted copy (built
+      from at most 16 unshifted features), ``m`` per position. The products use the
+      triangle of ``W`` (``d^2 / 2`` multiply-adds), one compiled loop over positions
+      (:mod:`skad._kernels.taps`): ``(9 + 5) P d^2 / 2`` multiply-adds instead of
+      ``(20 + 5) P d^2`` for the shifted copies. The image score's nearest-centroid
+      search costs ``m * top_k * n_centroids * d`` (blocked products,
+      :mod:`skad._kernels.nearest`), as much as module A. Both are exact: only the
+      order of float32 additions changes (scores equal to float rounding). On CUDA the
+      shifted copies are scored directly, every copy of a batch in one batched
+      product. Measured split and speed: ``doc/npad.md``.
 
     Measured effects of these choices and of each module on bottle (ablations of
     ``beta``, ``channel_order``, ``modules``, shifting, ``score_neighborhood`` and
@@ -504,23 +522,89 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
     def _score_batch(self, xb):
         n = xb.shape[0]
         shifts = self._shifts(*xb.shape[2:])
-        # every shifted copy scored in one pass: each Gaussian's factor is read once
-        # per batch, not once per shift
-        score, pixel = self._score_aligned(torch.cat([shift_maps(xb, s) for s in shifts]))
-        scores = score.reshape(len(shifts), n)
+        if self.device_.type == "cpu":
+            scores, pixel = self._score_taps(xb, shifts)
+        else:
+            scores, pixel = self._score_shifted(xb, shifts)
         maps = torch.stack([shift_maps(pixel[i * n:(i + 1) * n, None], (-s[0], -s[1]))[:, 0]
                             for i, s in enumerate(shifts)])
+        scores = scores.reshape(len(shifts), n)
         if self.shift_aggregation == "min":  # eq. 15
             scores, maps = scores.min(0).values, maps.min(0).values
         else:
             scores, maps = scores.mean(0), maps.mean(0)
         return scores.numpy().astype(np.float64), maps.numpy().astype(np.float32)
 
+    def _offsets(self):
+        # module C: the Gaussians of the window around p; without C, p's own only
+        return window_offsets(int(self.score_neighborhood) if "C" in self.modules_ else 1)
+
+    def _score_taps(self, xb, shifts):
+        """All shifted passes through taps of the unshifted features (CPU; see Notes).
+
+        Returns the image scores and pixel maps of every pass, pass-major
+        (``len(shifts) * n`` rows), as :meth:`_score_shifted`.
+        """
+        n, d, h, w = xb.shape
+        m, P = len(shifts), h * w
+        x = xb.permute(0, 2, 3, 1).reshape(n, P, d).contiguous().numpy()
+        threads = torch.get_num_threads()
+        map_a = map_b = pooled = None
+        if "A" in self.modules_:
+            offsets = self._offsets()
+            dist_q = whitened_tap_norms(
+                x, self.means_a_, self.whiten_a_, *window_shift_taps(h, w, shifts, offsets),
+                n_threads=threads).reshape(m, len(offsets), n, P)
+            # x^s_p scored by the Gaussian at q = p + offset (eqs. 8-9), min over offsets
+            idx, valid = neighbour_index(h, w, offsets)
+            idx, valid = idx.numpy(), valid.numpy()
+            map_a = np.full((m, n, P), np.inf, np.float32)
+            for k in range(len(offsets)):
+                np.minimum(map_a, np.where(valid[k], dist_q[:, k][:, :, idx[k]], np.inf),
+                           out=map_a)
+            map_a = torch.from_numpy(map_a.reshape(m * n, h, w))
+        if "B" in self.modules_:
+            pooled = pooled_shift_taps(h, w, shifts)  # eq. 7 on each shifted copy
+            map_b = torch.from_numpy(whitened_tap_norms(
+                x, self.means_b_, self.whiten_b_, *pooled, n_threads=threads)
+                .reshape(m * n, h, w))
+
+        def aggregated(pos):  # the 3x3 averages of x^s at the top positions, (m n k, d)
+            pre_idx, pre_w = pooled[0], pooled[1]
+            k = pos.shape[1]
+            pos = pos.numpy().reshape(m, n, k)
+            shift = np.arange(m)[:, None, None]
+            image = np.arange(n)[None, :, None]
+            src = pre_idx[pos, shift]  # (m, n, k, taps)
+            wts = pre_w[pos, shift]
+            feats = x[np.broadcast_to(image[..., None], src.shape), src]
+            return torch.from_numpy(np.einsum("snkt,snktd->snkd", wts, feats)
+                                    .reshape(m * n * k, d))
+
+        return self._image_scores(map_a, map_b, aggregated if pooled is not None else None)
+
+    def _score_shifted(self, xb, shifts):
+        """All shifted passes from shifted copies of the features (the CUDA path)."""
+        # every shifted copy scored in one pass: each Gaussian's factor is read once
+        # per batch, not once per shift
+        xs = torch.cat([shift_maps(xb, s) for s in shifts])
+        n, d, h, w = xs.shape
+        map_a = self._map_a(xs) if "A" in self.modules_ else None
+        agg = map_b = None
+        if "B" in self.modules_:
+            agg = local_average_pool(xs, 3).permute(0, 2, 3, 1).reshape(n, h * w, d)
+            map_b = _maha(agg, self.means_b_, self.whiten_b_, self.device_).reshape(n, h, w)
+
+        def aggregated(pos):
+            k = pos.shape[1]
+            return torch.gather(agg, 1, pos[:, :, None].expand(n, k, d)).reshape(n * k, d)
+
+        return self._image_scores(map_a, map_b, aggregated if agg is not None else None)
+
     def _map_a(self, xb):
         n, d, h, w = xb.shape
         feats = xb.permute(0, 2, 3, 1).reshape(n, h * w, d)
-        size = int(self.score_neighborhood) if "C" in self.modules_ else 1
-        offsets = window_offsets(size)
+        offsets = self._offsets()
         idx, valid = neighbour_index(h, w, offsets)
         # distribution at q = p + offset scores the feature at p (eqs. 8-9): gather
         # x_{q - offset} to position q, score against q, map back to p. All offsets go
@@ -536,23 +620,22 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
             best = torch.minimum(best, dist_p)
         return best.reshape(n, h, w)
 
-    def _score_aligned(self, xb):
-        n, d, h, w = xb.shape
-        map_a = self._map_a(xb) if "A" in self.modules_ else None
-        agg = None
-        if "B" in self.modules_:
-            agg = local_average_pool(xb, 3).permute(0, 2, 3, 1).reshape(n, h * w, d)
-            map_b = _maha(agg, self.means_b_, self.whiten_b_, self.device_).reshape(n, h, w)
-        if map_a is not None and agg is not None:
+    def _image_scores(self, map_a, map_b, aggregated):
+        """Pixel maps (eq. 11) and image scores (eqs. 12-14) of (N, h, w) module maps."""
+        if map_a is not None and map_b is not None:
             pixel = torch.sqrt(map_a * map_b)  # eq. 11
         else:
             pixel = map_a if map_a is not None else map_b
-        k = self.top_k_
+        n, k = pixel.shape[0], self.top_k_
         top, pos = torch.topk(pixel.reshape(n, -1), k, dim=1)  # M of eq. 12
-        if agg is None:
+        if aggregated is None:
             return top.mean(1), pixel
-        query = torch.gather(agg, 1, pos[:, :, None].expand(n, k, d)).reshape(n * k, d)
-        dist, _ = knn_search(query.numpy(), self.centroids_, 1, device=self.device_)
+        query = aggregated(pos)
+        if self.device_.type == "cpu":
+            dist = nearest_rows(query.numpy(), self.centroids_,
+                                n_threads=torch.get_num_threads())[0]
+        else:
+            dist = knn_search(query, self.centroids_, 1, device=self.device_)[0]
         euclid = torch.as_tensor(np.asarray(dist, dtype=np.float32)).reshape(n, k)  # E (eq. 13)
         m_sorted = torch.sort(top, dim=1).values
         e_sorted = torch.sort(euclid, dim=1).values
