@@ -16,8 +16,9 @@ import numpy as np
 from ..utils import resolve_device
 from ._convert import as_tensor
 
-__all__ = ["cholesky_factors", "fit_gaussians", "gaussians_from_moments", "mahalanobis",
-           "update_moments", "whitened_distances", "whitening_factors"]
+__all__ = ["cholesky_factors", "fit_gaussians", "gaussians_from_moments",
+           "inverse_cholesky_factors", "mahalanobis", "update_moments",
+           "whitened_distances", "whitening_factors"]
 
 
 def _lapack_threads(device):
@@ -231,6 +232,14 @@ def cholesky_factors(cov, *, dtype="float64", device=None):
         raise ValueError(f"dtype: expected 'float64' or 'float32'; got {dtype!r}")
     dev = resolve_device(device, cov)
     C = as_tensor(cov, "cov", ndim=3, device=dev, dtype=getattr(torch, dtype))
+    return _cholesky(C).to(torch.float32).cpu().numpy()
+
+
+def _cholesky(C):
+    """Lower Cholesky factors of a (P, d, d) tensor, in its dtype and on its device;
+    ValueError naming the first matrix that is not positive definite."""
+    import torch
+
     if C.shape[1] != C.shape[2]:
         raise ValueError(f"cov: expected square matrices (P, d, d); got {tuple(C.shape)}")
     with torch.inference_mode(), _lapack_threads(C.device):
@@ -241,7 +250,15 @@ def cholesky_factors(cov, *, dtype="float64", device=None):
             f"cov: {bad.numel()} of {C.shape[0]} matrices are not positive definite "
             f"(first at position {int(bad[0])}); increase eps or shrinkage"
         )
-    return L.to(torch.float32).cpu().numpy()
+    return L
+
+
+def _cholesky64(cov, device=None):
+    """:func:`cholesky_factors` in float64, kept as a float64 tensor (not rounded)."""
+    import torch
+
+    dev = resolve_device(device, cov)
+    return _cholesky(as_tensor(cov, "cov", ndim=3, device=dev, dtype=torch.float64))
 
 
 def mahalanobis(X, means, chol, *, chunk_size=None, working_memory=256, device=None):
@@ -334,6 +351,46 @@ def whitening_factors(chol, *, device=None):
     with torch.inference_mode(), _lapack_threads(L.device):
         W = torch.linalg.solve_triangular(L, eye, upper=False)
     return W.to(torch.float32).cpu().numpy()
+
+
+def inverse_cholesky_factors(cov, *, device=None):
+    """Whitening factors ``W = L^{-1}`` of covariances ``cov = L L^T`` in one step.
+
+    :func:`whitening_factors` of :func:`cholesky_factors`, without rounding ``L`` to
+    float32 in between: the factorisation and the triangular inverse both run in
+    float64 (more accurate for ill-conditioned covariances, and no conversions between
+    the two); the result is float32.
+
+    Parameters
+    ----------
+    cov : array-like or torch.Tensor of shape (P, d, d)
+        Symmetric positive-definite matrices.
+    device : {"auto", "cpu", "cuda"}, torch.device or None
+
+    Returns
+    -------
+    whiten : torch.Tensor of float32, shape (P, d, d), on the CPU
+        Lower triangular.
+
+    Raises
+    ------
+    ValueError
+        If a matrix is not positive definite (increase ``eps`` / shrinkage).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.gaussian import inverse_cholesky_factors
+    >>> inverse_cholesky_factors(np.array([[[4.0, 2.0], [2.0, 17.0]]])).tolist()
+    [[[0.5, 0.0], [-0.125, 0.25]]]
+    """
+    import torch
+
+    L = _cholesky64(cov, device)
+    eye = torch.eye(L.shape[1], dtype=torch.float64, device=L.device).expand_as(L)
+    with torch.inference_mode(), _lapack_threads(L.device):
+        W = torch.linalg.solve_triangular(L, eye, upper=False)
+    return W.to(torch.float32).cpu()
 
 
 def whitened_distances(X, means, whiten, *, working_memory=256, device=None):

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.utils import check_random_state
 
-from .knn import knn_search
+from .knn import _chunk_sizes, ranking_operand
 
 __all__ = ["lloyd", "partitioned_kmeans"]
 
@@ -61,8 +61,10 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
     X = np.ascontiguousarray(X, dtype=np.float32)
     Xt = torch.from_numpy(X)
     centres = Xt[torch.from_numpy(rng.choice(len(X), int(n_clusters), replace=False))].clone()
+    # [x, 1] once for all iterations: each assignment is then one product per block
+    X_aug = torch.cat([Xt, torch.ones((len(X), 1), dtype=Xt.dtype)], 1)
     for _ in range(int(n_iter)):
-        labels = knn_search(Xt, centres, 1)[1][:, 0]
+        labels = _nearest_centre(X_aug, centres)
         # the rows' sums per centre: rows sorted by centre, summed in runs (index_add_
         # is several times slower on the CPU)
         order = np.argsort(labels, kind="stable")
@@ -75,8 +77,39 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
     return centres.numpy(), labels
 
 
+def _nearest_centre(X_aug, centres):
+    """Index of each row's nearest centre: the assignment of
+    :func:`~skad._kernels.knn.knn_search` with ``k=1`` (the same ranking products, in
+    the same blocks, so the same labels), without its distances.
+
+    ``X_aug`` is ``[X, 1]`` (rows with a trailing one), shape (n, d + 1).
+    """
+    import torch
+
+    m = X_aug.shape[0]
+    mq, mb = _chunk_sizes(m, len(centres), 1, None, None, None)
+    b_aug = ranking_operand(centres)
+    labels = torch.empty(m, dtype=torch.int64)
+    with torch.inference_mode():
+        for qs in range(0, m, mq):
+            qe = min(qs + mq, m)
+            q_aug = X_aug[qs:qe]
+            best_d = best_i = None
+            for bs in range(0, len(centres), mb):
+                be = min(bs + mb, len(centres))
+                vals, idx = (q_aug @ b_aug[:, bs:be]).min(dim=1, keepdim=True)
+                idx = idx + bs
+                if best_d is None:
+                    best_d, best_i = vals, idx
+                else:  # as knn_search merges bank blocks: the first of equal minima
+                    best_d, pos = torch.cat([best_d, vals], 1).min(dim=1, keepdim=True)
+                    best_i = torch.gather(torch.cat([best_i, idx], 1), 1, pos)
+            labels[qs:qe] = best_i[:, 0]
+    return labels.numpy()
+
+
 def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_iter=1,
-                       random_state=None, coarse_iter=5):
+                       random_state=None, coarse_iter=5, return_labels=False):
     """``n_clusters`` k-means centres of the rows of ``X``, found cell by cell.
 
     Parameters
@@ -98,12 +131,18 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
     random_state : int, RandomState instance or None
     coarse_iter : int, default=5
         Lloyd iterations of the coarse split.
+    return_labels : bool, default=False
+        Also return each row's centre (cells only: ``cell_size`` not None). Each
+        centre is the mean of the rows labelled with it (the last Lloyd step moves
+        it there), except a centre no row chose, which stays at its first row.
 
     Returns
     -------
     centres : ndarray of float32, shape (m, d)
         ``m = n_clusters``, except that a cell never gets more centres than rows nor
         fewer than one (``m`` then differs from ``n_clusters`` by those few).
+    labels : ndarray of int64, shape (n_samples,)
+        Only with ``return_labels``: index of each row's centre in ``centres``.
 
     Examples
     --------
@@ -123,6 +162,9 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
         raise ValueError(f"cell_size: expected a positive int or None; got {cell_size!r}")
     rng = check_random_state(random_state)
     if cell_size is None:
+        if return_labels:
+            raise ValueError("return_labels: needs cell_size (the MiniBatchKMeans of "
+                             "cell_size=None does not label the rows)")
         km = MiniBatchKMeans(
             n_clusters=int(n_clusters), init="random", n_init=1, batch_size=int(batch_size),
             max_iter=int(max_iter),
@@ -146,8 +188,20 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     centres = []
+    labels_out = np.empty(n, np.int64) if return_labels else None
+    n_done = 0
     for c in np.flatnonzero(counts):
-        rows = X[order[bounds[c]:bounds[c + 1]]]
-        centres.append(rows if counts[c] == len(rows) else
-                       lloyd(rows, int(counts[c]), n_iter=max_iter, random_state=rng)[0])
-    return np.ascontiguousarray(np.concatenate(centres), dtype=np.float32)
+        rows_idx = order[bounds[c]:bounds[c + 1]]
+        rows = X[rows_idx]
+        if counts[c] == len(rows):
+            centres.append(rows)
+            cell_labels = np.arange(len(rows))
+        else:
+            cell_centres, cell_labels = lloyd(rows, int(counts[c]), n_iter=max_iter,
+                                              random_state=rng)
+            centres.append(cell_centres)
+        if return_labels:
+            labels_out[rows_idx] = n_done + cell_labels
+        n_done += len(centres[-1])
+    centres = np.ascontiguousarray(np.concatenate(centres), dtype=np.float32)
+    return (centres, labels_out) if return_labels else centres
