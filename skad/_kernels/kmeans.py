@@ -23,10 +23,10 @@ from sklearn.utils import check_random_state
 
 from .knn import _chunk_sizes, ranking_operand
 
-__all__ = ["lloyd", "partitioned_kmeans"]
+__all__ = ["lloyd", "partitioned_kmeans", "restricted_kmeans"]
 
 
-def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
+def lloyd(X, n_clusters, *, n_iter=1, random_state=None, return_seeds=False):
     """k-means by Lloyd iterations from ``n_clusters`` rows drawn at random.
 
     Each iteration assigns every row to its nearest centre
@@ -39,12 +39,16 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
     n_clusters : int
     n_iter : int, default=1
     random_state : int, RandomState instance or None
+    return_seeds : bool, default=False
+        Also return the rows drawn as the first centres.
 
     Returns
     -------
     centres : ndarray of float32, shape (n_clusters, d)
     labels : ndarray of int64, shape (n_samples,)
         Each row's centre at the last assignment (before the last move).
+    seeds : ndarray of int64, shape (n_clusters,)
+        Only with ``return_seeds``: the row each centre started from.
 
     Examples
     --------
@@ -60,7 +64,8 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
     rng = check_random_state(random_state)
     X = np.ascontiguousarray(X, dtype=np.float32)
     Xt = torch.from_numpy(X)
-    centres = Xt[torch.from_numpy(rng.choice(len(X), int(n_clusters), replace=False))].clone()
+    seeds = rng.choice(len(X), int(n_clusters), replace=False)
+    centres = Xt[torch.from_numpy(seeds)].clone()
     # [x, 1] once for all iterations: each assignment is then one product per block
     X_aug = torch.cat([Xt, torch.ones((len(X), 1), dtype=Xt.dtype)], 1)
     for _ in range(int(n_iter)):
@@ -74,6 +79,8 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
         sums = np.add.reduceat(X[order], starts, axis=0)
         centres[torch.from_numpy(filled)] = torch.from_numpy(
             (sums / counts[filled, None]).astype(np.float32))
+    if return_seeds:
+        return centres.numpy(), labels, np.asarray(seeds, dtype=np.int64)
     return centres.numpy(), labels
 
 
@@ -109,7 +116,7 @@ def _nearest_centre(X_aug, centres):
 
 
 def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_iter=1,
-                       random_state=None, coarse_iter=5, return_labels=False):
+                       random_state=None, coarse_iter=5, return_fit=False):
     """``n_clusters`` k-means centres of the rows of ``X``, found cell by cell.
 
     Parameters
@@ -131,18 +138,20 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
     random_state : int, RandomState instance or None
     coarse_iter : int, default=5
         Lloyd iterations of the coarse split.
-    return_labels : bool, default=False
-        Also return each row's centre (cells only: ``cell_size`` not None). Each
-        centre is the mean of the rows labelled with it (the last Lloyd step moves
-        it there), except a centre no row chose, which stays at its first row.
+    return_fit : bool, default=False
+        Also return how the centres were found (cells only: ``cell_size`` not None),
+        for :func:`restricted_kmeans`.
 
     Returns
     -------
     centres : ndarray of float32, shape (m, d)
         ``m = n_clusters``, except that a cell never gets more centres than rows nor
         fewer than one (``m`` then differs from ``n_clusters`` by those few).
-    labels : ndarray of int64, shape (n_samples,)
-        Only with ``return_labels``: index of each row's centre in ``centres``.
+    fit : dict
+        Only with ``return_fit``: ``"labels"`` (each row's centre at the last
+        assignment; each centre is the mean of its rows, except a centre no row
+        chose, which stays at its seed), ``"seeds"`` (the row each centre started
+        from), ``"cells"`` (each centre's cell) and ``"max_iter"``.
 
     Examples
     --------
@@ -162,8 +171,8 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
         raise ValueError(f"cell_size: expected a positive int or None; got {cell_size!r}")
     rng = check_random_state(random_state)
     if cell_size is None:
-        if return_labels:
-            raise ValueError("return_labels: needs cell_size (the MiniBatchKMeans of "
+        if return_fit:
+            raise ValueError("return_fit: needs cell_size (the MiniBatchKMeans of "
                              "cell_size=None does not label the rows)")
         km = MiniBatchKMeans(
             n_clusters=int(n_clusters), init="random", n_init=1, batch_size=int(batch_size),
@@ -187,21 +196,98 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
     counts = np.clip(counts, (sizes > 0).astype(np.int64), sizes)
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    centres = []
-    labels_out = np.empty(n, np.int64) if return_labels else None
+    centres, seeds, cells = [], [], []
+    labels_out = np.empty(n, np.int64)
     n_done = 0
     for c in np.flatnonzero(counts):
         rows_idx = order[bounds[c]:bounds[c + 1]]
         rows = X[rows_idx]
-        if counts[c] == len(rows):
-            centres.append(rows)
-            cell_labels = np.arange(len(rows))
+        if counts[c] == len(rows):  # every row a centre (its own seed)
+            cell_centres, cell_labels = rows, np.arange(len(rows))
+            cell_seeds = cell_labels
         else:
-            cell_centres, cell_labels = lloyd(rows, int(counts[c]), n_iter=max_iter,
-                                              random_state=rng)
-            centres.append(cell_centres)
-        if return_labels:
-            labels_out[rows_idx] = n_done + cell_labels
-        n_done += len(centres[-1])
+            cell_centres, cell_labels, cell_seeds = lloyd(
+                rows, int(counts[c]), n_iter=max_iter, random_state=rng, return_seeds=True)
+        centres.append(cell_centres)
+        labels_out[rows_idx] = n_done + cell_labels
+        seeds.append(rows_idx[cell_seeds])
+        cells.append(np.full(len(cell_centres), c, np.int64))
+        n_done += len(cell_centres)
     centres = np.ascontiguousarray(np.concatenate(centres), dtype=np.float32)
-    return (centres, labels_out) if return_labels else centres
+    if not return_fit:
+        return centres
+    return centres, {"labels": labels_out, "seeds": np.concatenate(seeds),
+                     "cells": np.concatenate(cells), "max_iter": int(max_iter)}
+
+
+def restricted_kmeans(X, fit, rows):
+    """The k-means of :func:`partitioned_kmeans` redone on the rows ``rows`` alone.
+
+    With ``max_iter=1`` a cell's centres are one Lloyd step from rows drawn at random
+    (the seeds): every row goes to its nearest seed and each centre to its rows'
+    mean. Restricted to ``rows``, the seeds among them stay (a random draw from these
+    rows), every one of these rows goes to its nearest remaining seed of its cell
+    (rows whose seed was dropped are re-assigned; the others keep theirs, which is
+    still the nearest) and the centres move to their rows' means: what
+    :func:`lloyd` gives on these rows of the cell from those seeds, without a pass
+    over the rows whose seed stayed. The cells themselves are the full fit's. A cell
+    none of whose seeds is among ``rows`` gets one centre, its rows' mean.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, d)
+        The rows ``partitioned_kmeans`` was fitted on.
+    fit : dict
+        ``partitioned_kmeans(X, ..., return_fit=True)[1]``; ``max_iter`` must be 1.
+    rows : array-like of int
+        The rows to keep.
+
+    Returns
+    -------
+    centres : ndarray of float32, shape (m, d)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.kmeans import partitioned_kmeans, restricted_kmeans
+    >>> X = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
+    >>> centres, fit = partitioned_kmeans(X, 300, cell_size=500, random_state=0,
+    ...                                   return_fit=True)
+    >>> restricted_kmeans(X, fit, np.arange(2400)).shape[0] < 300
+    True
+    """
+    import torch
+
+    if fit["max_iter"] != 1:
+        raise ValueError(f"fit: expected a k-means of max_iter=1 (one Lloyd step from "
+                         f"its seeds); got max_iter={fit['max_iter']}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    labels, seeds, cells = fit["labels"], fit["seeds"], fit["cells"]
+    member = np.zeros(len(X), bool)
+    member[np.asarray(rows)] = True
+    idx = np.flatnonzero(member)
+    kept = member[seeds]  # centres seeded at one of the rows
+    lab = labels[idx].copy()
+    row_cell = cells[lab]
+    moved = ~kept[lab]
+    extra = []  # cells without a kept seed: one centre each
+    for c in np.unique(row_cell[moved]):
+        sel = np.flatnonzero(moved & (row_cell == c))
+        cand = np.flatnonzero(kept & (cells == c))
+        if not len(cand):
+            extra.append(X[idx[sel]].astype(np.float64).mean(0))
+            lab[sel] = -1
+            continue
+        q = torch.from_numpy(X[idx[sel]])
+        q_aug = torch.cat([q, torch.ones((len(sel), 1), dtype=q.dtype)], 1)
+        lab[sel] = cand[_nearest_centre(q_aug, torch.from_numpy(X[seeds[cand]]))]
+    ok = lab >= 0
+    lab_t = torch.from_numpy(lab[ok])
+    sums = torch.zeros((len(seeds), X.shape[1]), dtype=torch.float64).index_add_(
+        0, lab_t, torch.from_numpy(X[idx[ok]]).to(torch.float64))
+    counts = torch.bincount(lab_t, minlength=len(seeds))
+    filled = counts > 0
+    out = (sums[filled] / counts[filled, None]).numpy()
+    if extra:
+        out = np.concatenate([out, np.stack(extra)])
+    return np.ascontiguousarray(out, dtype=np.float32)

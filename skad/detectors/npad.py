@@ -16,7 +16,7 @@ from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 from .._kernels.gaussian import fit_gaussians, inverse_cholesky_factors, whitened_distances
-from .._kernels.kmeans import partitioned_kmeans
+from .._kernels.kmeans import partitioned_kmeans, restricted_kmeans
 from .._kernels.knn import knn_search
 from .._kernels.spatial import (
     bhattacharyya_weights,
@@ -419,14 +419,17 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         if "B" in modules:
             self.means_b_, self.whiten_b_, bank = self._fit_module_b(Xs)
             n_clusters = max(1, min(len(bank), int(round(self.centroid_ratio * len(bank)))))
-            # "holdout" builds its fold model from the bank's labels (_fold_scores)
-            labelled = (getattr(self, "calibration_", None) == "holdout"
-                        and self.kmeans_cell_size is not None)
+            # "holdout" restricts this k-means to the fold model's images (_fold_scores)
+            keep_fit = (getattr(self, "calibration_", None) == "holdout"
+                        and self.kmeans_cell_size is not None
+                        and int(self.kmeans_max_iter) == 1)
             out = partitioned_kmeans(
                 bank, n_clusters, cell_size=self.kmeans_cell_size,
                 batch_size=int(self.kmeans_batch_size), max_iter=int(self.kmeans_max_iter),
-                random_state=rng, return_labels=labelled)
-            self.centroids_, self._bank_labels = out if labelled else (out, None)
+                random_state=rng, return_fit=keep_fit)
+            self.centroids_, self._kmeans_fit = out if keep_fit else (out, None)
+            if keep_fit:
+                self._kmeans_fit["bank"] = bank  # until calibration is done
         return self
 
     def _fit_module_a(self, Xs, weights=None):
@@ -500,22 +503,23 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         try:
             return super()._calibration_scores(X)
         finally:
-            self.__dict__.pop("_bank_labels", None)
+            self.__dict__.pop("_kmeans_fit", None)
 
     def _fold_scores(self, X, train, test):
         """Scores of the held-out ``X[test]`` by a model fitted on ``X[train]``.
 
         ``"cv"``: a model fitted from scratch (BaseDetector). ``"holdout"``: a fold
         model that re-estimates every Gaussian of modules A and B on ``X[train]``
-        alone but shares the full fit's channels, neighbourhood weights (module A) and
-        k-means cells: its memory bank is each centroid's mean over the aggregated
-        features of the training images only (centroids whose features all come from
-        ``X[test]`` are dropped). The held-out images thus enter the fold model only
-        through the weights, the channel ranking and where the centroids' cells lie
-        (measured: ``doc/operating.md``).
+        alone and redoes the k-means on their aggregated features within the full
+        fit's cells (:func:`~skad._kernels.kmeans.restricted_kmeans`: the seeds drawn
+        from these images, one Lloyd step), but shares the full fit's channels and
+        neighbourhood weights (module A). The held-out images thus enter the fold
+        model only through the weights, the channel ranking (none with the default
+        ``n_channels=None``) and the k-means cells (measured: ``doc/operating.md``).
+        Without cells or with ``kmeans_max_iter > 1``: a model fitted from scratch.
         """
-        labels = getattr(self, "_bank_labels", None)
-        if self.calibration_ != "holdout" or ("B" in self.modules_ and labels is None):
+        kmeans_fit = getattr(self, "_kmeans_fit", None)
+        if self.calibration_ != "holdout" or ("B" in self.modules_ and kmeans_fit is None):
             return super()._fold_scores(X, train, test)
         fold = clone(self)
         fold.__dict__.update({k: v for k, v in self.__dict__.items()
@@ -524,10 +528,10 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         if "A" in self.modules_:
             _, fold.means_a_, fold.whiten_a_ = fold._fit_module_a(Xs, self.weights_)
         if "B" in self.modules_:
-            fold.means_b_, fold.whiten_b_, bank = fold._fit_module_b(Xs)
+            fold.means_b_, fold.whiten_b_, _ = fold._fit_module_b(Xs)
             positions = int(np.prod(self.patch_shape_))
-            kept = labels.reshape(-1, positions)[np.asarray(train)].reshape(-1)
-            fold.centroids_ = _member_means(bank, kept, self.centroids_)
+            rows = (np.asarray(train)[:, None] * positions + np.arange(positions)).ravel()
+            fold.centroids_ = restricted_kmeans(kmeans_fit["bank"], kmeans_fit, rows)
         return fold._score_images(_take(X, test))
 
     # -- scoring -------------------------------------------------------------
@@ -630,19 +634,6 @@ def _gaussians(block, eps, device=None):
         return block[0].clone(), cov
     mu, cov = fit_gaussians(block, shrinkage=0.0, eps=eps, device=device)
     return torch.from_numpy(mu), torch.from_numpy(cov)
-
-
-def _member_means(bank, labels, centroids):
-    """Each centroid's mean over the bank rows labelled with it, as float32; centroids
-    without such rows are dropped."""
-    m, d = centroids.shape
-    lab = torch.from_numpy(np.ascontiguousarray(labels))
-    sums = torch.zeros(m, d, dtype=torch.float64).index_add_(
-        0, lab, torch.from_numpy(bank).to(torch.float64))
-    counts = torch.bincount(lab, minlength=m)
-    keep = counts > 0
-    means = (sums[keep] / counts[keep, None]).to(torch.float32).numpy()
-    return np.ascontiguousarray(means)
 
 
 def _maha(feats, means, whiten, device=None):
