@@ -243,7 +243,10 @@ def _cholesky(C):
     if C.shape[1] != C.shape[2]:
         raise ValueError(f"cov: expected square matrices (P, d, d); got {tuple(C.shape)}")
     with torch.inference_mode(), _lapack_threads(C.device):
-        L, info = torch.linalg.cholesky_ex(C)
+        if C.device.type == "cpu" and C.dtype == torch.float64:
+            L, info = _potrf_cpu(C)
+        else:
+            L, info = torch.linalg.cholesky_ex(C)
     bad = torch.nonzero(info).reshape(-1)
     if bad.numel():
         raise ValueError(
@@ -251,6 +254,22 @@ def _cholesky(C):
             f"(first at position {int(bad[0])}); increase eps or shrinkage"
         )
     return L
+
+
+def _potrf_cpu(C):
+    """``torch.linalg.cholesky_ex`` of a float64 CPU batch, matrix by matrix through
+    SciPy's LAPACK ``dpotrf``: on the 152 x 152 covariances of N-pad about 1.5x faster
+    than torch's batched call on the 2-core machine (0.10 against 0.16 s for 784, one
+    thread; the factors agree to 5e-16)."""
+    import torch
+    from scipy.linalg import lapack
+
+    A = C.contiguous().numpy()
+    L = np.empty_like(A)
+    info = np.zeros(len(A), dtype=np.int32)
+    for i in range(len(A)):
+        L[i], info[i] = lapack.dpotrf(A[i], lower=1, clean=1)
+    return torch.from_numpy(L), torch.from_numpy(info)
 
 
 def _cholesky64(cov, device=None):

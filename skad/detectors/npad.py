@@ -546,7 +546,10 @@ class NPad(DeviceMixin, PatchDetectorMixin, BaseDetector):
         fold = clone(self)
         fold.__dict__.update({k: v for k, v in self.__dict__.items()
                               if k.endswith("_") and not k.startswith("_")})
-        Xs = torch.from_numpy(np.ascontiguousarray(_take(X, train)[:, self.channels_]))
+        X_train = _take(X, train)
+        if not np.array_equal(self.channels_, np.arange(X_train.shape[1])):
+            X_train = X_train[:, self.channels_]
+        Xs = torch.from_numpy(np.ascontiguousarray(X_train))
         if "A" in self.modules_:
             _, fold.means_a_, fold.whiten_a_ = fold._fit_module_a(Xs, self.weights_)
         if "B" in self.modules_:
