@@ -444,27 +444,6 @@ def test_nearest_centre_and_labels_of_partitioned_kmeans():
         partitioned_kmeans(X, 10, cell_size=None, return_fit=True)
 
 
-def test_partitioned_kmeans_two_level_coarse_split():
-    from skad._kernels.kmeans import _FLAT_CELLS, partitioned_kmeans, restricted_kmeans
-    from skad._kernels.knn import knn_search
-
-    rng = np.random.default_rng(9)
-    X = rng.normal(size=(8000, 4)).astype(np.float32)
-    n_cells = 80  # > _FLAT_CELLS: groups, then cells
-    assert n_cells > _FLAT_CELLS
-    centres, fit = partitioned_kmeans(X, 800, cell_size=100, random_state=0,
-                                      return_fit=True)
-    assert len(centres) == 800 and len(np.unique(fit["cells"])) == n_cells
-    np.testing.assert_array_equal(centres, partitioned_kmeans(X, 800, cell_size=100,
-                                                              random_state=0))
-    # about as good a quantiser as one level of cells (cells of 1000 rows: 8 of them)
-    flat = partitioned_kmeans(X, 800, cell_size=1000, random_state=0)
-    Xt = rng.normal(size=(2000, 4)).astype(np.float32)
-    assert knn_search(Xt, centres, 1)[0].mean() < 1.1 * knn_search(Xt, flat, 1)[0].mean()
-    np.testing.assert_allclose(restricted_kmeans(X, fit, np.arange(8000)), centres,
-                               atol=1e-6)
-
-
 def test_restricted_kmeans_is_lloyd_on_the_rows_from_their_seeds():
     from skad._kernels.kmeans import lloyd, partitioned_kmeans, restricted_kmeans
 

@@ -7,12 +7,8 @@ N-pad's memory bank keeps a fixed fraction of the features as k-means centres
 coarse k-means first splits the rows into cells of about ``cell_size`` rows; each
 cell then gets its share of the centres (proportional to its size) from a k-means of
 its own rows (:func:`lloyd`: rows drawn at random as the first centres, then Lloyd
-iterations; assignments by :func:`~skad._kernels.knn.knn_search`). A pass of a cell's
-k-means costs its rows x its centres x ``d``, ``n_samples * n_clusters / n_cells * d`` in
-all: linear in ``n_samples`` for a fixed cell size. The coarse split costs
-``n_samples * n_cells * d`` a pass, quadratic in the samples, so above 64 cells it runs in
-two levels (``sqrt(n_cells)`` groups, each split into its share of the cells:
-``n_samples * 2 sqrt(n_cells) * d``). Each centre stays
+iterations; assignments by :func:`~skad._kernels.knn.knn_search`). A pass costs ``n_samples * (n_cells + n_clusters /
+n_cells) * d``, linear in ``n_samples`` for a fixed cell size. Each centre stays
 inside its cell, which is what a k-means centre near the cell's middle does anyway;
 the quantisation error of both on held-out features is in ``doc/npad.md``.
 """
@@ -130,10 +126,9 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
         Number of centres, ``1 <= n_clusters <= n_samples``.
     cell_size : int or None, default=4096
         Rows per coarse cell (about): a :func:`lloyd` k-means with ``coarse_iter``
-        iterations splits the rows into ``ceil(n_samples / cell_size)`` cells (above 64
-        cells in two levels: ``sqrt`` of that many groups, each split into its share
-        of the cells), and each cell's share of the centres comes from :func:`lloyd`
-        on its rows with ``max_iter`` iterations. ``None``: one
+        iterations splits the rows into ``ceil(n_samples / cell_size)`` cells, and
+        each cell's share of the centres comes from :func:`lloyd` on its rows with
+        ``max_iter`` iterations. ``None``: one
         :class:`~sklearn.cluster.MiniBatchKMeans` (``init="random"``) over all rows,
         ``max_iter`` epochs of ``batch_size`` (cost quadratic in the rows).
     batch_size : int, default=4096
@@ -190,10 +185,15 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
         )
         return np.ascontiguousarray(km.fit(X).cluster_centers_, dtype=np.float32)
     n_cells = min(int(np.ceil(n / cell_size)), int(n_clusters))
-    labels = _coarse_labels(X, n_cells, coarse_iter, rng)
-    n_cells = int(labels.max()) + 1
+    labels = (np.zeros(n, np.int64) if n_cells == 1
+              else lloyd(X, n_cells, n_iter=coarse_iter, random_state=rng)[1])
     sizes = np.bincount(labels, minlength=n_cells)
-    counts = _shares(n_clusters, sizes)
+    # each cell's share of the centres (largest remainders), at least one per
+    # non-empty cell and at most its rows
+    share = n_clusters * sizes / n
+    counts = np.floor(share).astype(np.int64)
+    counts[np.argsort(counts - share, kind="stable")[: int(n_clusters - counts.sum())]] += 1
+    counts = np.clip(counts, (sizes > 0).astype(np.int64), sizes)
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     centres, seeds, cells = [], [], []
@@ -218,42 +218,6 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
         return centres
     return centres, {"labels": labels_out, "seeds": np.concatenate(seeds),
                      "cells": np.concatenate(cells), "max_iter": int(max_iter)}
-
-
-#: above this many cells the coarse split is two-level (see :func:`_coarse_labels`)
-_FLAT_CELLS = 64
-
-
-def _shares(total, sizes):
-    """``total`` split over groups in proportion to ``sizes`` (largest remainders), at
-    least one per non-empty group and at most its size."""
-    n = sizes.sum()
-    share = total * sizes / n
-    counts = np.floor(share).astype(np.int64)
-    counts[np.argsort(counts - share, kind="stable")[: int(total - counts.sum())]] += 1
-    return np.clip(counts, (sizes > 0).astype(np.int64), sizes)
-
-
-def _coarse_labels(X, n_cells, n_iter, rng):
-    """Each row's coarse cell: :func:`lloyd` with ``n_cells`` centres, or, above
-    ``_FLAT_CELLS`` cells, two levels: ``ceil(sqrt(n_cells))`` groups, each split into
-    its share of the cells. A pass then costs ``n * 2 sqrt(n_cells) * d`` instead of
-    ``n * n_cells * d``: with cells of a fixed size, ``n^1.5`` instead of ``n^2``."""
-    if n_cells == 1:
-        return np.zeros(len(X), np.int64)
-    if n_cells <= _FLAT_CELLS:
-        return lloyd(X, n_cells, n_iter=n_iter, random_state=rng)[1]
-    n_groups = int(np.ceil(np.sqrt(n_cells)))
-    groups = lloyd(X, n_groups, n_iter=n_iter, random_state=rng)[1]
-    per_group = _shares(n_cells, np.bincount(groups, minlength=n_groups))
-    labels = np.empty(len(X), np.int64)
-    done = 0
-    for g in np.flatnonzero(per_group):
-        rows = np.flatnonzero(groups == g)
-        labels[rows] = done + (0 if per_group[g] == 1 else lloyd(
-            X[rows], int(per_group[g]), n_iter=n_iter, random_state=rng)[1])
-        done += int(per_group[g])
-    return labels
 
 
 def restricted_kmeans(X, fit, rows):
