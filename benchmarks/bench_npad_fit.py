@@ -62,9 +62,14 @@ def child(n, calibration, threads):
         setattr(mod, name, g)
 
     for name in ("_gaussians", "bhattacharyya_weights", "weighted_gaussians",
-                 "cholesky_factors", "whitening_factors", "partitioned_kmeans"):
-        timed(N, name)
+                 "cholesky_factors", "whitening_factors", "inverse_cholesky_factors",
+                 "partitioned_kmeans"):
+        if hasattr(N, name):  # the kernels of this checkout (older ones differ)
+            timed(N, name)
     timed(N.NPad, "_score")
+    timed(N.NPad, "_fit")  # the model kept (the fold models of "cv" fit through it too)
+    if "_fold_scores" in vars(N.NPad):
+        timed(N.NPad, "_fold_scores")  # fold models and their scoring
     det = N.NPad(random_state=0, device="cpu", calibration=calibration)
     t = time.perf_counter()
     det.fit(X)

@@ -8,7 +8,8 @@ them and counts how many of the other 20 ``predict`` flags (false alarms). Thres
   the calibration parameter: the least normal training score; PatchCore and SPADE
   already left each image out of its own bank there);
 - ``auto``: the defaults now (``calibration="auto"``: leave-one-image-out for PatchCore
-  and SPADE, 5-fold cross-fitted scores for PaDiM, N-pad and LOF on pooled features, a
+  and SPADE, 5-fold cross-fitted scores for PaDiM and LOF on pooled features, for N-pad
+  a fifth of the images scored by a fold model ("holdout", #19), a
   held-out fifth for LOF on patches, whose fit draws 10 000 of the training patches
   at random: ``bench_lof_calibration.py``), ``contamination="auto"``;
 - ``far=a``: ``false_alarm_rate=a`` (split-conformal quantile), with the default
@@ -185,7 +186,7 @@ def main():
                     help="number of random splits (split i is the same in every run)")
     ap.add_argument("--split-ids", type=int, nargs="*",
                     help="run only these splits (default: all --splits)")
-    ap.add_argument("--modes", nargs="*", choices=["in_sample", "cv", "0.2"],
+    ap.add_argument("--modes", nargs="*", choices=["in_sample", "cv", "holdout", "0.2"],
                     help="calibration modes to measure (default: in_sample, the "
                          "detector's auto, 0.2)")
     ap.add_argument("--only", nargs="*")
@@ -247,7 +248,7 @@ def main():
             return f"{np.mean(rates):.3f} ({k}/{n_new * len(done)})"
 
         row = {"detector": name, "auto calibration": {
-            "cv": "cv", "0.2": "split 0.2",
+            "cv": "cv", "0.2": "split 0.2", "holdout": "holdout (a fifth)",
             "in_sample": "in-sample" if name in IMAGES else "leave-one-image-out"}[auto]}
         for label, mode, rule in [("in-sample auto", "in_sample", "auto"),
                                   ("auto", auto, "auto"),
@@ -280,7 +281,10 @@ Each cell: mean false-alarm rate on the {n_new} held-out good images over the ra
 splits measured (column `splits`; split i is the same permutation in every run) of the
 {len(good)} good bottle images (fit on {n_cal}), and false alarms / held-out goods in
 total. Targets: `auto` = at most 1/(n_cal+1) = {1 / (n_cal + 1):.4f}
-(1/{round(0.2 * n_cal) + 1} = {1 / (round(0.2 * n_cal) + 1):.3f} with the 0.2 split), `far=a`
+(1/{round(0.2 * n_cal) + 1} = {1 / (round(0.2 * n_cal) + 1):.3f} with the 0.2 split and
+"holdout", whose calibration scores are a fifth of the images, scored by a fold model
+fitted on the other four fifths; `far=0.01` needs 99 calibration images and flags
+nothing with 42), `far=a`
 = at most a. Sampling error: with 200 held-out goods in total (10 splits), a true rate
 of 0.05 is observed as 10 +- {sd:.0f} (2 sd) alarms (binomial; the splits share images,
 so the spread is somewhat larger); with fewer splits the counts say more than the

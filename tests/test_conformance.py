@@ -36,13 +36,14 @@ _MEMORY_BANK_REASON = (
 )
 
 # calibration="auto" is "cv" for detectors whose in-sample scores are biased (PaDiM,
-# N-pad, a novelty PatchOutlierDetector): offset_ comes from scores of models fitted
-# without each sample, so predict on the training set flags fewer than `contamination`
-# (the variants with calibration="in_sample" below keep scikit-learn's reading).
+# a novelty PatchOutlierDetector; N-pad: "holdout", one such fold): offset_ comes from
+# scores of models fitted without each sample, so predict on the training set flags
+# fewer than `contamination` (the variants with calibration="in_sample" below keep
+# scikit-learn's reading).
 _CV_REASON = (
-    "calibration='cv': offset_ comes from cross-fitted scores (each training sample "
-    "scored by a model fitted without it), so predict on the training set does not flag "
-    "a `contamination` fraction"
+    "calibration='cv' / 'holdout': offset_ comes from cross-fitted scores (each "
+    "calibration sample scored by a model fitted without it), so predict on the "
+    "training set does not flag a `contamination` fraction"
 )
 
 _AUTO_REASON = (
@@ -78,7 +79,7 @@ def _expected_failed_checks(estimator):
         failed.update(dict.fromkeys(_OUTLIER_CHECKS, _MEMORY_BANK_REASON))
     elif estimator.contamination == "auto" and not _blind(estimator):
         failed.update(dict.fromkeys(_OUTLIER_CHECKS, _AUTO_REASON))
-    elif not _blind(estimator) and _fitted_calibration(estimator) == "cv":
+    elif not _blind(estimator) and _fitted_calibration(estimator) in ("cv", "holdout"):
         failed.update(dict.fromkeys(_OUTLIER_CHECKS, _CV_REASON))
     if isinstance(estimator, NPad):
         failed.update(check_methods_subset_invariance=_ULP_REASON,

@@ -352,3 +352,169 @@ def test_mismatched_patch_shape_and_images():
         det.anomaly_map(np.zeros((2, 3, 5, 4), np.float32))
     with pytest.raises(ValueError, match="3"):
         det.score_samples(np.zeros((2, 4, 4, 4), np.float32))
+
+
+# ---------------------------------------------------------------- fit kernels (#19)
+def _old_weighted_gaussians(mu, cov, wts, n, size=3):
+    """The loop weighted_gaussians ran before #19 (reference for its in-place form)."""
+    from skad._kernels.spatial import neighbour_index
+
+    h, w, d = mu.shape
+    offsets = window_offsets(size)
+    idx, valid = neighbour_index(h, w, offsets)
+    mu, cov = torch.as_tensor(mu).reshape(h * w, d), torch.as_tensor(cov).reshape(h * w, d, d)
+    wts = torch.as_tensor(wts).reshape(h * w, len(offsets)).T * valid
+    new_mu = torch.einsum("kp,kpd->pd", wts, mu[idx])
+    factor = n / max(n - 1, 1)
+    new_cov = torch.zeros_like(cov)
+    for k in range(len(offsets)):
+        p = torch.nonzero(wts[k]).squeeze(1)
+        if len(p):
+            diff = mu[idx[k, p]] - new_mu[p]
+            new_cov[p] += wts[k, p][:, None, None] * (
+                cov[idx[k, p]] + factor * diff[:, :, None] * diff[:, None, :])
+    return new_mu.reshape(h, w, d), new_cov.reshape(h, w, d, d)
+
+
+def test_fit_kernels_equal_the_old_computations():
+    rng = np.random.default_rng(5)
+    X, _ = _smooth_normals(n=20, d=6, h=5, w=6)
+    mu, cov = (a.astype(np.float32) for a in _np_moments(X))
+    # weights: some exactly 0 (skipped offsets) and offsets non-zero everywhere
+    wts = rng.random((5, 6, 9)).astype(np.float32)
+    wts[..., 2] = 0.0
+    wts[rng.random((5, 6, 9)) < 0.3] = 0.0
+    wts[..., 4] = 0.5
+    new = weighted_gaussians(mu, cov, wts, n_samples=20, size=3)
+    old = _old_weighted_gaussians(mu, cov, wts, 20)
+    for a, b in zip(new, old):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    # D_B: the float32-rounded factor of before, within its rounding; float64 numpy
+    # (without that rounding) closer still
+    _, dist = bhattacharyya_weights(mu, cov, size=3, eps=0.01)
+    dist = dist.numpy()
+    mu64, cov64 = mu.astype(np.float64), cov.astype(np.float64)
+    for (y, x), (qy, qx) in [((0, 0), (1, 1)), ((2, 3), (2, 4)), ((4, 5), (3, 5))]:
+        k = window_offsets(3).index((qy - y, qx - x))
+        ref = _np_bhattacharyya(mu64[y, x], mu64[qy, qx], cov64[y, x], cov64[qy, qx], 0.01)
+        assert dist[y, x, k] == pytest.approx(ref, rel=2e-6)
+
+
+def test_inverse_cholesky_factors_equal_the_two_step_factors():
+    from skad._kernels.gaussian import (cholesky_factors, inverse_cholesky_factors,
+                                        whitening_factors)
+
+    rng = np.random.default_rng(6)
+    A = rng.normal(size=(7, 12, 30))
+    cov = (A @ A.transpose(0, 2, 1) / 30 + 0.01 * np.eye(12)).astype(np.float32)
+    W = inverse_cholesky_factors(cov).numpy()
+    assert W.dtype == np.float32 and np.allclose(np.triu(W, 1), 0.0)
+    ref = np.linalg.inv(np.linalg.cholesky(cov.astype(np.float64)))
+    np.testing.assert_allclose(W, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    # the old two steps (factor rounded to float32 in between) to that rounding
+    old = whitening_factors(cholesky_factors(cov))
+    np.testing.assert_allclose(W, old, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="not positive definite"):
+        inverse_cholesky_factors(-cov)
+
+
+def test_nearest_centre_and_labels_of_partitioned_kmeans():
+    from skad._kernels.kmeans import _nearest_centre, partitioned_kmeans
+    from skad._kernels.knn import knn_search
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(4000, 5)).astype(np.float32)
+    C = rng.normal(size=(5000, 5)).astype(np.float32)  # 3 blocks of queries
+    X_aug = torch.cat([torch.from_numpy(X), torch.ones(4000, 1)], 1)
+    np.testing.assert_array_equal(_nearest_centre(X_aug, torch.from_numpy(C)),
+                                  knn_search(X, C, 1)[1][:, 0])
+    centres, fit = partitioned_kmeans(X, 300, cell_size=1000, random_state=0,
+                                      return_fit=True)
+    np.testing.assert_array_equal(centres, partitioned_kmeans(X, 300, cell_size=1000,
+                                                              random_state=0))
+    # each centre is the mean of the rows labelled with it; each seed is its centre's row
+    labels = fit["labels"]
+    counts = np.bincount(labels, minlength=len(centres))
+    assert counts.min() >= 1
+    sums = np.zeros((len(centres), 5))
+    np.add.at(sums, labels, X)
+    np.testing.assert_allclose(sums / counts[:, None], centres, atol=1e-5)
+    np.testing.assert_array_equal(labels[fit["seeds"]], np.arange(len(centres)))
+    with pytest.raises(ValueError, match="return_fit"):
+        partitioned_kmeans(X, 10, cell_size=None, return_fit=True)
+
+
+def test_restricted_kmeans_is_lloyd_on_the_rows_from_their_seeds():
+    from skad._kernels.kmeans import lloyd, partitioned_kmeans, restricted_kmeans
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(3000, 4)).astype(np.float32)
+    centres, fit = partitioned_kmeans(X, 300, cell_size=1000, random_state=0,
+                                      return_fit=True)
+    assert len(np.unique(fit["cells"])) == 3
+    np.testing.assert_allclose(restricted_kmeans(X, fit, np.arange(3000)), centres, atol=1e-6)
+    rows = np.sort(rng.choice(3000, 2200, replace=False))
+    got = restricted_kmeans(X, fit, rows)
+    member = np.zeros(3000, bool)
+    member[rows] = True
+    expected = []
+    for c in np.unique(fit["cells"]):
+        seeds = fit["seeds"][(fit["cells"] == c) & member[fit["seeds"]]]
+        cell_rows = np.flatnonzero(member & (fit["cells"][fit["labels"]] == c))
+        # lloyd on these rows from these seeds: assignment by squared distance
+        d2 = ((X[cell_rows, None] - X[None, seeds]) ** 2).sum(-1)
+        lab = d2.argmin(1)
+        expected += [X[cell_rows[lab == j]].mean(0) for j in range(len(seeds))
+                     if (lab == j).any()]
+    np.testing.assert_allclose(np.sort(got, axis=0), np.sort(np.array(expected), axis=0),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="max_iter=1"):
+        restricted_kmeans(X, {**fit, "max_iter": 2}, rows)
+
+
+# ---------------------------------------------------------------- calibration (#19)
+def test_auto_calibration_is_a_holdout_fold_model_without_its_fold():
+    from skad._kernels.gaussian import fit_gaussians
+    from skad._kernels.kmeans import partitioned_kmeans, restricted_kmeans
+
+    X, _ = _smooth_normals(n=30, d=3, h=5, w=5)
+    X[3, :, 2, 2] += 1.0  # a fold image differs from the rest
+    folds = {}
+
+    class Spy(NPad):
+        def _score_images(self, X):
+            folds.setdefault("model", self)  # the first scoring: the fold model's
+            return super()._score_images(X)
+
+    det = Spy(max_shift=1, random_state=0).fit(X)
+    assert det.calibration_ == "holdout" and not hasattr(det, "_kmeans_fit")
+    test = det._cv_folds(30)[0]
+    train = np.setdiff1d(np.arange(30), test)
+    assert len(det.calibration_scores_) == len(test) == 6
+    fold = folds["model"]
+    assert fold is not det
+    np.testing.assert_allclose(-det.calibration_scores_, fold._score_images(X[test]))
+    # module B: the Gaussians of the training images only, as a fit on them
+    ref = NPad(max_shift=1, random_state=0, calibration="in_sample").fit(X[train])
+    np.testing.assert_allclose(fold.means_b_, ref.means_b_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fold.whiten_b_, ref.whiten_b_, rtol=1e-4, atol=1e-4)
+    # module A: the training images' Gaussians re-weighted with the full fit's weights
+    Xt = X[train].transpose(0, 2, 3, 1).reshape(len(train), 25, 3)
+    mu, cov = fit_gaussians(Xt, eps=0.0)
+    mu_a, _ = weighted_gaussians(mu.reshape(5, 5, 3), cov.reshape(5, 5, 3, 3), det.weights_,
+                                 n_samples=len(train))
+    np.testing.assert_allclose(fold.means_a_, mu_a.reshape(25, 3), rtol=1e-5, atol=1e-6)
+    # the bank: the full fit's k-means restricted to the training images' rows
+    agg = _np_avgpool3(X).astype(np.float32).transpose(0, 2, 3, 1).reshape(-1, 3)
+    _, fit = partitioned_kmeans(agg, len(det.centroids_), cell_size=det.kmeans_cell_size,
+                                random_state=np.random.RandomState(0), return_fit=True)
+    rows = (train[:, None] * 25 + np.arange(25)).ravel()
+    np.testing.assert_allclose(fold.centroids_, restricted_kmeans(agg, fit, rows),
+                               rtol=1e-5, atol=1e-6)
+    assert len(fold.centroids_) < len(det.centroids_)  # seeds of the fold's rows: gone
+    # the model kept: fitted on all images, as in-sample calibration fits it
+    ins = NPad(max_shift=1, random_state=0, calibration="in_sample").fit(X)
+    np.testing.assert_array_equal(det.score_samples(X[:4]), ins.score_samples(X[:4]))
+    # "cv" still refits each fold model from scratch (all folds scored)
+    cv = NPad(max_shift=1, random_state=0, calibration="cv").fit(X)
+    assert cv.calibration_ == "cv" and len(cv.calibration_scores_) == 30

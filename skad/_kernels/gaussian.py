@@ -16,8 +16,9 @@ import numpy as np
 from ..utils import resolve_device
 from ._convert import as_tensor
 
-__all__ = ["cholesky_factors", "fit_gaussians", "gaussians_from_moments", "mahalanobis",
-           "update_moments", "whitened_distances", "whitening_factors"]
+__all__ = ["cholesky_factors", "fit_gaussians", "gaussians_from_moments",
+           "inverse_cholesky_factors", "mahalanobis", "update_moments",
+           "whitened_distances", "whitening_factors"]
 
 
 def _lapack_threads(device):
@@ -231,17 +232,52 @@ def cholesky_factors(cov, *, dtype="float64", device=None):
         raise ValueError(f"dtype: expected 'float64' or 'float32'; got {dtype!r}")
     dev = resolve_device(device, cov)
     C = as_tensor(cov, "cov", ndim=3, device=dev, dtype=getattr(torch, dtype))
+    return _cholesky(C).to(torch.float32).cpu().numpy()
+
+
+def _cholesky(C):
+    """Lower Cholesky factors of a (P, d, d) tensor, in its dtype and on its device;
+    ValueError naming the first matrix that is not positive definite."""
+    import torch
+
     if C.shape[1] != C.shape[2]:
         raise ValueError(f"cov: expected square matrices (P, d, d); got {tuple(C.shape)}")
     with torch.inference_mode(), _lapack_threads(C.device):
-        L, info = torch.linalg.cholesky_ex(C)
+        if C.device.type == "cpu" and C.dtype == torch.float64:
+            L, info = _potrf_cpu(C)
+        else:
+            L, info = torch.linalg.cholesky_ex(C)
     bad = torch.nonzero(info).reshape(-1)
     if bad.numel():
         raise ValueError(
             f"cov: {bad.numel()} of {C.shape[0]} matrices are not positive definite "
             f"(first at position {int(bad[0])}); increase eps or shrinkage"
         )
-    return L.to(torch.float32).cpu().numpy()
+    return L
+
+
+def _potrf_cpu(C):
+    """``torch.linalg.cholesky_ex`` of a float64 CPU batch, matrix by matrix through
+    SciPy's LAPACK ``dpotrf``: on the 152 x 152 covariances of N-pad about 1.5x faster
+    than torch's batched call on the 2-core machine (0.10 against 0.16 s for 784, one
+    thread; the factors agree to 5e-16)."""
+    import torch
+    from scipy.linalg import lapack
+
+    A = C.contiguous().numpy()
+    L = np.empty_like(A)
+    info = np.zeros(len(A), dtype=np.int32)
+    for i in range(len(A)):
+        L[i], info[i] = lapack.dpotrf(A[i], lower=1, clean=1)
+    return torch.from_numpy(L), torch.from_numpy(info)
+
+
+def _cholesky64(cov, device=None):
+    """:func:`cholesky_factors` in float64, kept as a float64 tensor (not rounded)."""
+    import torch
+
+    dev = resolve_device(device, cov)
+    return _cholesky(as_tensor(cov, "cov", ndim=3, device=dev, dtype=torch.float64))
 
 
 def mahalanobis(X, means, chol, *, chunk_size=None, working_memory=256, device=None):
@@ -334,6 +370,46 @@ def whitening_factors(chol, *, device=None):
     with torch.inference_mode(), _lapack_threads(L.device):
         W = torch.linalg.solve_triangular(L, eye, upper=False)
     return W.to(torch.float32).cpu().numpy()
+
+
+def inverse_cholesky_factors(cov, *, device=None):
+    """Whitening factors ``W = L^{-1}`` of covariances ``cov = L L^T`` in one step.
+
+    :func:`whitening_factors` of :func:`cholesky_factors`, without rounding ``L`` to
+    float32 in between: the factorisation and the triangular inverse both run in
+    float64 (more accurate for ill-conditioned covariances, and no conversions between
+    the two); the result is float32.
+
+    Parameters
+    ----------
+    cov : array-like or torch.Tensor of shape (P, d, d)
+        Symmetric positive-definite matrices.
+    device : {"auto", "cpu", "cuda"}, torch.device or None
+
+    Returns
+    -------
+    whiten : torch.Tensor of float32, shape (P, d, d), on the CPU
+        Lower triangular.
+
+    Raises
+    ------
+    ValueError
+        If a matrix is not positive definite (increase ``eps`` / shrinkage).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.gaussian import inverse_cholesky_factors
+    >>> inverse_cholesky_factors(np.array([[[4.0, 2.0], [2.0, 17.0]]])).tolist()
+    [[[0.5, 0.0], [-0.125, 0.25]]]
+    """
+    import torch
+
+    L = _cholesky64(cov, device)
+    eye = torch.eye(L.shape[1], dtype=torch.float64, device=L.device).expand_as(L)
+    with torch.inference_mode(), _lapack_threads(L.device):
+        W = torch.linalg.solve_triangular(L, eye, upper=False)
+    return W.to(torch.float32).cpu()
 
 
 def whitened_distances(X, means, whiten, *, working_memory=256, device=None):

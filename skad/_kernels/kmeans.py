@@ -21,12 +21,12 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.utils import check_random_state
 
-from .knn import knn_search
+from .knn import _chunk_sizes, ranking_operand
 
-__all__ = ["lloyd", "partitioned_kmeans"]
+__all__ = ["lloyd", "partitioned_kmeans", "restricted_kmeans"]
 
 
-def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
+def lloyd(X, n_clusters, *, n_iter=1, random_state=None, return_seeds=False):
     """k-means by Lloyd iterations from ``n_clusters`` rows drawn at random.
 
     Each iteration assigns every row to its nearest centre
@@ -39,12 +39,16 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
     n_clusters : int
     n_iter : int, default=1
     random_state : int, RandomState instance or None
+    return_seeds : bool, default=False
+        Also return the rows drawn as the first centres.
 
     Returns
     -------
     centres : ndarray of float32, shape (n_clusters, d)
     labels : ndarray of int64, shape (n_samples,)
         Each row's centre at the last assignment (before the last move).
+    seeds : ndarray of int64, shape (n_clusters,)
+        Only with ``return_seeds``: the row each centre started from.
 
     Examples
     --------
@@ -60,9 +64,12 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
     rng = check_random_state(random_state)
     X = np.ascontiguousarray(X, dtype=np.float32)
     Xt = torch.from_numpy(X)
-    centres = Xt[torch.from_numpy(rng.choice(len(X), int(n_clusters), replace=False))].clone()
+    seeds = rng.choice(len(X), int(n_clusters), replace=False)
+    centres = Xt[torch.from_numpy(seeds)].clone()
+    # [x, 1] once for all iterations: each assignment is then one product per block
+    X_aug = torch.cat([Xt, torch.ones((len(X), 1), dtype=Xt.dtype)], 1)
     for _ in range(int(n_iter)):
-        labels = knn_search(Xt, centres, 1)[1][:, 0]
+        labels = _nearest_centre(X_aug, centres)
         # the rows' sums per centre: rows sorted by centre, summed in runs (index_add_
         # is several times slower on the CPU)
         order = np.argsort(labels, kind="stable")
@@ -72,11 +79,44 @@ def lloyd(X, n_clusters, *, n_iter=1, random_state=None):
         sums = np.add.reduceat(X[order], starts, axis=0)
         centres[torch.from_numpy(filled)] = torch.from_numpy(
             (sums / counts[filled, None]).astype(np.float32))
+    if return_seeds:
+        return centres.numpy(), labels, np.asarray(seeds, dtype=np.int64)
     return centres.numpy(), labels
 
 
+def _nearest_centre(X_aug, centres):
+    """Index of each row's nearest centre: the assignment of
+    :func:`~skad._kernels.knn.knn_search` with ``k=1`` (the same ranking products, in
+    the same blocks, so the same labels), without its distances.
+
+    ``X_aug`` is ``[X, 1]`` (rows with a trailing one), shape (n, d + 1).
+    """
+    import torch
+
+    m = X_aug.shape[0]
+    mq, mb = _chunk_sizes(m, len(centres), 1, None, None, None)
+    b_aug = ranking_operand(centres)
+    labels = torch.empty(m, dtype=torch.int64)
+    with torch.inference_mode():
+        for qs in range(0, m, mq):
+            qe = min(qs + mq, m)
+            q_aug = X_aug[qs:qe]
+            best_d = best_i = None
+            for bs in range(0, len(centres), mb):
+                be = min(bs + mb, len(centres))
+                vals, idx = (q_aug @ b_aug[:, bs:be]).min(dim=1, keepdim=True)
+                idx = idx + bs
+                if best_d is None:
+                    best_d, best_i = vals, idx
+                else:  # as knn_search merges bank blocks: the first of equal minima
+                    best_d, pos = torch.cat([best_d, vals], 1).min(dim=1, keepdim=True)
+                    best_i = torch.gather(torch.cat([best_i, idx], 1), 1, pos)
+            labels[qs:qe] = best_i[:, 0]
+    return labels.numpy()
+
+
 def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_iter=1,
-                       random_state=None, coarse_iter=5):
+                       random_state=None, coarse_iter=5, return_fit=False):
     """``n_clusters`` k-means centres of the rows of ``X``, found cell by cell.
 
     Parameters
@@ -98,12 +138,20 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
     random_state : int, RandomState instance or None
     coarse_iter : int, default=5
         Lloyd iterations of the coarse split.
+    return_fit : bool, default=False
+        Also return how the centres were found (cells only: ``cell_size`` not None),
+        for :func:`restricted_kmeans`.
 
     Returns
     -------
     centres : ndarray of float32, shape (m, d)
         ``m = n_clusters``, except that a cell never gets more centres than rows nor
         fewer than one (``m`` then differs from ``n_clusters`` by those few).
+    fit : dict
+        Only with ``return_fit``: ``"labels"`` (each row's centre at the last
+        assignment; each centre is the mean of its rows, except a centre no row
+        chose, which stays at its seed), ``"seeds"`` (the row each centre started
+        from), ``"cells"`` (each centre's cell) and ``"max_iter"``.
 
     Examples
     --------
@@ -123,6 +171,9 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
         raise ValueError(f"cell_size: expected a positive int or None; got {cell_size!r}")
     rng = check_random_state(random_state)
     if cell_size is None:
+        if return_fit:
+            raise ValueError("return_fit: needs cell_size (the MiniBatchKMeans of "
+                             "cell_size=None does not label the rows)")
         km = MiniBatchKMeans(
             n_clusters=int(n_clusters), init="random", n_init=1, batch_size=int(batch_size),
             max_iter=int(max_iter),
@@ -145,9 +196,98 @@ def partitioned_kmeans(X, n_clusters, *, cell_size=4096, batch_size=4096, max_it
     counts = np.clip(counts, (sizes > 0).astype(np.int64), sizes)
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    centres = []
+    centres, seeds, cells = [], [], []
+    labels_out = np.empty(n, np.int64)
+    n_done = 0
     for c in np.flatnonzero(counts):
-        rows = X[order[bounds[c]:bounds[c + 1]]]
-        centres.append(rows if counts[c] == len(rows) else
-                       lloyd(rows, int(counts[c]), n_iter=max_iter, random_state=rng)[0])
-    return np.ascontiguousarray(np.concatenate(centres), dtype=np.float32)
+        rows_idx = order[bounds[c]:bounds[c + 1]]
+        rows = X[rows_idx]
+        if counts[c] == len(rows):  # every row a centre (its own seed)
+            cell_centres, cell_labels = rows, np.arange(len(rows))
+            cell_seeds = cell_labels
+        else:
+            cell_centres, cell_labels, cell_seeds = lloyd(
+                rows, int(counts[c]), n_iter=max_iter, random_state=rng, return_seeds=True)
+        centres.append(cell_centres)
+        labels_out[rows_idx] = n_done + cell_labels
+        seeds.append(rows_idx[cell_seeds])
+        cells.append(np.full(len(cell_centres), c, np.int64))
+        n_done += len(cell_centres)
+    centres = np.ascontiguousarray(np.concatenate(centres), dtype=np.float32)
+    if not return_fit:
+        return centres
+    return centres, {"labels": labels_out, "seeds": np.concatenate(seeds),
+                     "cells": np.concatenate(cells), "max_iter": int(max_iter)}
+
+
+def restricted_kmeans(X, fit, rows):
+    """The k-means of :func:`partitioned_kmeans` redone on the rows ``rows`` alone.
+
+    With ``max_iter=1`` a cell's centres are one Lloyd step from rows drawn at random
+    (the seeds): every row goes to its nearest seed and each centre to its rows'
+    mean. Restricted to ``rows``, the seeds among them stay (a random draw from these
+    rows), every one of these rows goes to its nearest remaining seed of its cell
+    (rows whose seed was dropped are re-assigned; the others keep theirs, which is
+    still the nearest) and the centres move to their rows' means: what
+    :func:`lloyd` gives on these rows of the cell from those seeds, without a pass
+    over the rows whose seed stayed. The cells themselves are the full fit's. A cell
+    none of whose seeds is among ``rows`` gets one centre, its rows' mean.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, d)
+        The rows ``partitioned_kmeans`` was fitted on.
+    fit : dict
+        ``partitioned_kmeans(X, ..., return_fit=True)[1]``; ``max_iter`` must be 1.
+    rows : array-like of int
+        The rows to keep.
+
+    Returns
+    -------
+    centres : ndarray of float32, shape (m, d)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad._kernels.kmeans import partitioned_kmeans, restricted_kmeans
+    >>> X = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
+    >>> centres, fit = partitioned_kmeans(X, 300, cell_size=500, random_state=0,
+    ...                                   return_fit=True)
+    >>> restricted_kmeans(X, fit, np.arange(2400)).shape[0] < 300
+    True
+    """
+    import torch
+
+    if fit["max_iter"] != 1:
+        raise ValueError(f"fit: expected a k-means of max_iter=1 (one Lloyd step from "
+                         f"its seeds); got max_iter={fit['max_iter']}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    labels, seeds, cells = fit["labels"], fit["seeds"], fit["cells"]
+    member = np.zeros(len(X), bool)
+    member[np.asarray(rows)] = True
+    idx = np.flatnonzero(member)
+    kept = member[seeds]  # centres seeded at one of the rows
+    lab = labels[idx].copy()
+    row_cell = cells[lab]
+    moved = ~kept[lab]
+    extra = []  # cells without a kept seed: one centre each
+    for c in np.unique(row_cell[moved]):
+        sel = np.flatnonzero(moved & (row_cell == c))
+        cand = np.flatnonzero(kept & (cells == c))
+        if not len(cand):
+            extra.append(X[idx[sel]].astype(np.float64).mean(0))
+            lab[sel] = -1
+            continue
+        q = torch.from_numpy(X[idx[sel]])
+        q_aug = torch.cat([q, torch.ones((len(sel), 1), dtype=q.dtype)], 1)
+        lab[sel] = cand[_nearest_centre(q_aug, torch.from_numpy(X[seeds[cand]]))]
+    ok = lab >= 0
+    lab_t = torch.from_numpy(lab[ok])
+    sums = torch.zeros((len(seeds), X.shape[1]), dtype=torch.float64).index_add_(
+        0, lab_t, torch.from_numpy(X[idx[ok]]).to(torch.float64))
+    counts = torch.bincount(lab_t, minlength=len(seeds))
+    filled = counts > 0
+    out = (sums[filled] / counts[filled, None]).numpy()
+    if extra:
+        out = np.concatenate([out, np.stack(extra)])
+    return np.ascontiguousarray(out, dtype=np.float32)

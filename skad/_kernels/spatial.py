@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ._convert import as_tensor
-from .gaussian import cholesky_factors
+from .gaussian import _cholesky64
 
 __all__ = [
     "bhattacharyya_weights",
@@ -146,11 +146,8 @@ def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperat
         # D_B(p, q) = D_B(q, p) bit for bit (the average and the quadratic form are
         # symmetric): the opposite offset, where the window has it, is filled from here
         back = where.get((-dy, -dx))
-        delta = mu[p] - mu[q]
         avg = 0.5 * (cov[p] + cov[q]) + eps * eye  # average covariance of eq. 4
-        chol = torch.from_numpy(cholesky_factors(avg, device=device))
-        z = torch.linalg.solve_triangular(chol, delta.unsqueeze(-1), upper=False)
-        dist[k, p] = 0.125 * z.square().sum(dim=(1, 2))  # D_B of eq. 5
+        dist[k, p] = 0.125 * _quadratic_forms(avg, mu[p] - mu[q], device)  # D_B of eq. 5
         if back is not None:
             dist[back, q] = dist[k, p]
             done.add(back)
@@ -158,6 +155,21 @@ def bhattacharyya_weights(means, covs, *, size=3, beta=0.25, beta_role="temperat
     weights = torch.softmax(-scaled, dim=0)  # exp(-D) normalised; D(p, p) = 0 is finite
     return (weights.T.reshape(h, w, len(offsets)).contiguous(),
             dist.T.reshape(h, w, len(offsets)).contiguous())
+
+
+def _quadratic_forms(S, v, device=None):
+    """``v_i^T S_i^-1 v_i`` for a batch of SPD matrices ``S`` (m, d, d) and vectors ``v``
+    (m, d), float32 out.
+
+    One float64 Cholesky factor per matrix (:func:`~.gaussian.cholesky_factors`'s
+    precision and its error for a matrix that is not positive definite) and one
+    triangular solve with the vector, both in float64: the factor is not rounded to
+    float32 between the two.
+    """
+    L = _cholesky64(S, device)
+    z = torch.linalg.solve_triangular(L, as_tensor(v, device=L.device, dtype=torch.float64)
+                                      .unsqueeze(-1), upper=False)
+    return z.square().sum(dim=(1, 2)).to(torch.float32).cpu()
 
 
 def weighted_gaussians(means, covs, weights, *, n_samples, size=3):
@@ -211,8 +223,14 @@ def weighted_gaussians(means, covs, weights, *, n_samples, size=3):
             continue
         q = idx[k, p]
         diff = mu[q] - new_mu[p]
-        wk = wts[k, p][:, None, None]
-        new_cov[p] += wk * (cov[q] + factor * diff[:, :, None] * diff[:, None, :])
+        # w_pq (Sigma_q + factor diff diff^T), built in one buffer (in place)
+        term = cov.index_select(0, q)
+        term.baddbmm_(diff[:, :, None], diff[:, None, :], alpha=factor)
+        term.mul_(wts[k, p][:, None, None])
+        if len(p) == len(new_cov):  # p = every position, in order
+            new_cov += term
+        else:
+            new_cov.index_add_(0, p, term)
     return new_mu.reshape(h, w, d), new_cov.reshape(h, w, d, d)
 
 

@@ -24,9 +24,10 @@ __all__ = ["BaseDetector", "BlindModeMixin", "ClippedParameterWarning", "ImageDe
 #: robust z of ``contamination="auto"`` in blind mode (the usual 3-MAD outlier rule)
 _BLIND_MADS = 3.0
 
-#: folds of ``calibration="cv"`` (cross-fitted calibration scores)
+#: folds of ``calibration="cv"`` (cross-fitted calibration scores); ``"holdout"``
+#: scores the first of them only
 _CV_FOLDS = 5
-#: fewer training samples than this: "cv" falls back to in-sample scores
+#: fewer training samples than this: "cv" and "holdout" fall back to in-sample scores
 _CV_MIN_SAMPLES = 4
 #: the fraction held out when ``calibration="auto"`` means a split (detectors whose
 #: fit draws a random subsample, see ``BaseDetector._default_calibration``)
@@ -254,14 +255,19 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     - optionally ``_default_calibration(X)``: what ``calibration="auto"`` means for
       the validated training set ``X`` ("cv" here; "in_sample" where
       ``_offset_scores`` are already unbiased, and for :class:`ImageDetectorMixin`;
-      "split" where each fit draws a random subsample),
+      "split" where each fit draws a random subsample; "holdout" where scoring every
+      training image costs more than a fit),
+    - optionally ``_fold_scores(X, train, test)``: anomaly scores of ``X[test]`` by a
+      model fitted on ``X[train]`` alone ("cv" and "holdout"; default: a clone fitted
+      from scratch),
 
     and declare ``contamination`` and ``sigma`` parameters, and, to expose them,
     ``calibration`` (default "auto") and ``false_alarm_rate`` (default None).
 
     Thresholds (``doc/operating.md``): ``fit`` computes calibration scores, anomaly
     scores of normal samples the model did not fit (``calibration``: a held-out
-    fraction, cross-fitted folds "cv", or "in_sample" = ``_offset_scores``), stores
+    fraction, cross-fitted folds "cv", one such fold "holdout", or "in_sample" =
+    ``_offset_scores``), stores
     them as ``calibration_scores_`` (normality, like ``score_samples``) and sets
     ``offset_`` from them: ``false_alarm_rate`` -> the split-conformal quantile
     (:func:`conformal_offset`); ``contamination="auto"`` -> the least normal
@@ -282,7 +288,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         "sigma": [Interval(Real, 0, None, closed="left")],
         # declared here for every detector; a detector takes them as parameters by
         # listing them in __init__ (the others get the defaults through getattr)
-        "calibration": [StrOptions({"auto", "in_sample", "cv"}),
+        "calibration": [StrOptions({"auto", "in_sample", "cv", "holdout"}),
                         Interval(Real, 0, 1, closed="neither")],
         "false_alarm_rate": [Interval(Real, 0, 1, closed="neither"), None],
         # CPU threads of fit and scoring (skad.utils.thread_limits); None: an enclosing
@@ -372,7 +378,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                     "calibration (use more samples or calibration='in_sample')"
                 )
             return "split"
-        if mode == "cv" and n < _CV_MIN_SAMPLES:
+        if mode in ("cv", "holdout") and n < _CV_MIN_SAMPLES:
             return "in_sample"  # too few samples to leave any out
         return mode
 
@@ -389,20 +395,32 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         n_cal = int(round(fraction * n))
         return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
 
-    def _cross_fit_scores(self, X):
-        """Anomaly score of each training sample from a model fitted without its fold."""
-        n = len(X)
+    def _cv_folds(self, n):
+        """The folds of "cv" (sorted indices); "holdout" scores the first one."""
         folds = np.array_split(self._split_rng().permutation(n), min(_CV_FOLDS, n))
-        scores = np.empty(n, dtype=np.float64)
+        return [np.sort(f) for f in folds]
+
+    def _fold_scores(self, X, train, test):
+        """Anomaly scores of ``X[test]`` by a model fitted on ``X[train]`` alone."""
+        est = clone(self)
+        with warnings.catch_warnings():  # fit already warned about its clips
+            warnings.simplefilter("ignore", ClippedParameterWarning)
+            est._fit(est._validate_input(_take(X, train), reset=True))
+        return est._score_images(est._validate_input(_take(X, test), reset=False))
+
+    def _cross_fit_scores(self, X, n_folds=None):
+        """Anomaly scores of the training samples of the first ``n_folds`` folds
+        (default: all, i.e. every sample), each from a model fitted without its fold.
+
+        Returns the scores and the samples' indices (fold by fold, each fold sorted).
+        """
+        n = len(X)
+        folds = self._cv_folds(n)[:n_folds]
+        scores = []
         for test in folds:
             train = np.setdiff1d(np.arange(n), test)
-            est = clone(self)
-            with warnings.catch_warnings():  # fit already warned about its clips
-                warnings.simplefilter("ignore", ClippedParameterWarning)
-                est._fit(est._validate_input(_take(X, train), reset=True))
-            scores[test] = est._score_images(est._validate_input(_take(X, np.sort(test)),
-                                                                 reset=False))
-        return scores
+            scores.append(np.asarray(self._fold_scores(X, train, test), dtype=np.float64))
+        return np.concatenate(scores), np.concatenate(folds)
 
     def _calibration_scores(self, X):
         """Anomaly scores of the calibration samples, per ``calibration_``."""
@@ -411,7 +429,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             del self._calibration_input
             return self._score_images(X_cal)
         if self.calibration_ == "cv":
-            return self._cross_fit_scores(X)
+            scores, idx = self._cross_fit_scores(X)
+            out = np.empty(len(X), dtype=np.float64)
+            out[idx] = scores  # in the order of the training samples
+            return out
+        if self.calibration_ == "holdout":
+            return self._cross_fit_scores(X, n_folds=1)[0]
         return self._offset_scores(X)
 
     def _offset_from(self, calibration_scores):

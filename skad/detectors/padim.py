@@ -43,14 +43,15 @@ class PaDiM(StreamingMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         with unbiased calibration scores, new normal samples are flagged with
         probability at most ``1 / (n_cal + 1)``); a float flags that fraction of the
         calibration samples.
-    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+    calibration : {"auto", "in_sample", "cv", "holdout"} or float in (0, 1), default="auto"
         The normal samples whose scores set ``offset_`` (``calibration_``,
         ``calibration_scores_``): "in_sample" the training samples (biased: the
         Gaussians were fitted on them); "cv" each training sample scored by a model
-        fitted without its fold (5 folds; the model kept is fitted on all samples); a
-        float holds that fraction of the training samples out of fit (the exact
-        split-conformal setting: the model kept is fitted on the rest); "auto": "cv".
-        See ``doc/operating.md``.
+        fitted without its fold (5 folds; the model kept is fitted on all samples);
+        "holdout" the first fold only (a fifth of the samples scored); a float holds
+        that fraction of the training samples out of fit (the exact split-conformal
+        setting: the model kept is fitted on the rest); "auto": "cv". See
+        ``doc/operating.md``.
     false_alarm_rate : float in (0, 1) or None, default=None
         Target rate of normal samples flagged: ``offset_`` at the split-conformal
         quantile of the calibration scores (the ``ceil((n_cal + 1)(1 - rate))``-th

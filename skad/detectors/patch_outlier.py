@@ -126,17 +126,18 @@ None, default=None
         probability at most ``1 / (n_cal + 1)``); in the blind mode (``blind_``) the
         robust rule of :func:`~skad.detectors.blind_offset`; a float flags that
         fraction of the calibration samples.
-    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+    calibration : {"auto", "in_sample", "cv", "holdout"} or float in (0, 1), default="auto"
         The normal samples whose scores set ``offset_`` (``calibration_``,
         ``calibration_scores_``): "in_sample" the training samples (biased for a novelty
         LOF: a training patch is its own neighbour); "cv" each training sample scored by
         a model fitted without its fold (5 folds; the model kept is fitted on all
-        samples); a float holds that fraction of the training samples out of fit (the
-        exact split-conformal setting: the model kept is fitted on the rest); "auto":
+        samples); "holdout" the first fold only (a fifth of the samples scored); a float
+        holds that fraction of the training samples out of fit (the exact
+        split-conformal setting: the model kept is fitted on the rest); "auto":
         "in_sample" for a blind (``novelty=False``) LOF; a held-out fifth (0.2) when
-        ``max_patches`` subsamples the training patches (each fit draws its own
-        sample, and the scores take their scale from the draw, so the fold models'
-        scores of "cv" do not transfer to the model kept); "cv" otherwise. See
+        ``max_patches`` subsamples the training patches (each fit draws its own sample,
+        and the scores take their scale from the draw, so the fold models' scores of
+        "cv" do not transfer to the model kept); "cv" otherwise. See
         ``doc/operating.md``.
     false_alarm_rate : float in (0, 1) or None, default=None
         Target rate of normal samples flagged: ``offset_`` at the split-conformal

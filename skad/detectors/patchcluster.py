@@ -138,14 +138,14 @@ class PatchCluster(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector
         median by more than 3 scaled MADs (``1.4826 * median |a - median(a)|``), a
         robust rule that needs no clean training set; a float flags that fraction of
         the training set.
-    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+    calibration : {"auto", "in_sample", "cv", "holdout"} or float in (0, 1), default="auto"
         The normal samples whose scores set ``offset_`` (``calibration_``,
         ``calibration_scores_``): "in_sample" the training samples scored blind, as
         ``fit_predict`` scores them; "cv" each training sample scored by a model fitted
-        without its fold (5 folds; the model kept is fitted on all samples); a float
-        holds that fraction of the training samples out of fit (the exact
-        split-conformal setting: the model kept is fitted on the rest); "auto":
-        "in_sample". See ``doc/operating.md``.
+        without its fold (5 folds; the model kept is fitted on all samples); "holdout"
+        the first fold only (a fifth of the samples scored); a float holds that fraction
+        of the training samples out of fit (the exact split-conformal setting: the model
+        kept is fitted on the rest); "auto": "in_sample". See ``doc/operating.md``.
     false_alarm_rate : float in (0, 1) or None, default=None
         Target rate of normal samples flagged: ``offset_`` at the split-conformal
         quantile of the calibration scores (the ``ceil((n_cal + 1)(1 - rate))``-th

@@ -108,12 +108,13 @@ class SMCC(DeviceMixin, ImageDetectorMixin, BaseDetector):
         How ``offset_`` follows from the calibration scores when ``false_alarm_rate``
         is None: "auto" puts it at the least normal calibration image (none flagged);
         a float flags that fraction of them.
-    calibration : {"auto", "in_sample", "cv"} or float in (0, 1), default="auto"
+    calibration : {"auto", "in_sample", "cv", "holdout"} or float in (0, 1), default="auto"
         The normal images whose scores set ``offset_`` (``calibration_scores_``):
         "in_sample" / "auto" the training images (a memory image is scored without its
         own patches; the others were not in the memory but the network was trained on
         them); a float holds that fraction of the training images out of fit (the
-        split-conformal setting, see ``doc/operating.md``); "cv" refits 5 times.
+        split-conformal setting, see ``doc/operating.md``); "cv" refits 5 times,
+        "holdout" once (a fifth scored).
     false_alarm_rate : float in (0, 1) or None, default=None
         Target rate of normal images flagged: ``offset_`` at the split-conformal
         quantile of the calibration scores (a guarantee with a float ``calibration``).
