@@ -274,6 +274,11 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     def _score(self, X):
         return self._spade_scores(X)
 
+    def _score_images(self, X):
+        # the image score is the image level alone: score_samples, decision_function
+        # and predict need no pixel search
+        return self._image_level(X, exclude_own=False)[0]
+
     def _default_calibration(self, X):
         return "in_sample"  # _offset_scores leave each training image out
 
