@@ -207,6 +207,33 @@ def test_spade_pruned_search_equals_exact(n_neighbors, n_pixel_neighbors):
     assert pickle.loads(pickle.dumps(pruned)).anomaly_map(X_test[:1]).shape == (1, 5, 5)
 
 
+def test_spade_n_probe_caps_the_pixel_search():
+    # n_probe: image scores unchanged (the image level), maps never below the exact
+    # ones, equal once the cap covers every cell; pickled with its parameter
+    X_train, X_test, _ = _patch_data(n_train=30)
+    X_test = X_test + np.random.default_rng(3).normal(size=X_test.shape).astype(np.float32)
+    exact = SPADE(n_neighbors=10, random_state=0, device="cpu").fit(X_train)
+    capped = SPADE(n_neighbors=10, n_probe=1, random_state=0, device="cpu").fit(X_train)
+    np.testing.assert_allclose(capped.score_samples(X_test), exact.score_samples(X_test))
+    s_cap, m_cap = capped.score_and_map(X_test)
+    s_ex, m_ex = exact.score_and_map(X_test)
+    np.testing.assert_allclose(s_cap, s_ex)
+    assert np.all(m_cap >= m_ex - 1e-5) and np.any(m_cap > m_ex + 1e-4)
+    n_cells = len(exact.partition_["centres"])
+    wide = SPADE(n_neighbors=10, n_probe=n_cells, random_state=0, device="cpu").fit(X_train)
+    np.testing.assert_allclose(wide.anomaly_map(X_test), m_ex, rtol=1e-6)
+    back = pickle.loads(pickle.dumps(capped))
+    assert back.n_probe == 1
+    np.testing.assert_allclose(back.anomaly_map(X_test), m_cap)
+    # an older pickle (before n_probe) unpickles as the exact search
+    state = exact.__getstate__()
+    state.pop("n_probe")
+    old = SPADE.__new__(SPADE)
+    old.__setstate__(state)
+    assert old.n_probe is None
+    np.testing.assert_allclose(old.anomaly_map(X_test), m_ex)
+
+
 def test_patch_outlier_subsampling_and_nested_params():
     X_train, X_test, _ = _patch_data()
     det = PatchOutlierDetector(

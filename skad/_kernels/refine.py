@@ -339,11 +339,12 @@ def _ball_kernels():
         return out_starts[n_cells]
 
     @njit(fastmath=_FASTMATH, cache=True)
-    def scan(qi, dqj, slack, rows, rho, a, e, best, bidx):
-        # the rows of one cell whose rho is within the bound of |q - c_j|
+    def scan(qi, dlo, dhi, slack, rows, rho, a, e, best, bidx):
+        # the rows of one cell whose rho is within the bound of |q - c_j|, known to lie
+        # in [dlo, dhi]: |q - b| >= max(dlo - rho_b, rho_b - dhi)
         k = best.shape[0]
         dp = qi.shape[0]
-        lo_v = dqj - (best[k - 1] + slack)
+        lo_v = dlo - (best[k - 1] + slack)
         b = e
         while a < b:  # binary search of the first rho >= |q - c_j| - bound
             h = (a + b) >> 1
@@ -353,7 +354,7 @@ def _ball_kernels():
                 b = h
         for p in range(a, e):
             u = best[k - 1] + slack
-            if rho[p] > dqj + u:
+            if rho[p] > dhi + u:
                 break
             acc = np.float32(0.0)
             for c in range(dp):  # one pass (vectorised): faster than early exits
@@ -372,44 +373,69 @@ def _ball_kernels():
                 bidx[x] = p
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def search(q, dq, slack, rows, rho, starts, rho_max, k, max_cells, out_d, out_i, out_x):
+    def search(q, prod, qn, cn, err, slack, rows, rho, starts, rho_max, k, max_cells,
+               out_d, out_i, out_x):
         m = q.shape[0]
         n_cells = starts.shape[0] - 1
         for i in prange(m):
             best = np.full(k, np.inf, np.float32)
             bidx = np.full(k, -1, np.int64)
-            # |q - b| >= |q - c_j| - rho_b >= |q - c_j| - (largest rho in the cell);
-            # inf for empty cells (rho_max -inf)
-            lower = np.empty(n_cells)
+            # |q - c_j|^2 in [d2_j - e_j, d2_j + e_j] from the float32 product q.c_j
+            # (its rounding is at most err |q| |c_j|, see ball_knn); square roots only
+            # for the cells visited
+            d2 = np.empty(n_cells)
+            e = np.empty(n_cells)
+            qi_n = np.sqrt(qn[i])
             near = -1  # the nearest centre with allowed rows
             for j in range(n_cells):
-                lower[j] = dq[i, j] - rho_max[j]
-                if rho_max[j] > -np.inf and (near < 0 or dq[i, j] < dq[i, near]):
+                d2[j] = qn[i] + cn[j] - 2.0 * prod[i, j]
+                e[j] = err * qi_n * np.sqrt(cn[j])
+            for j in range(n_cells):
+                if rho_max[j] > -np.inf and (near < 0 or d2[j] < d2[near]):
                     near = j
             # the nearest centre's cell first: a small k-th distance early
-            scan(q[i], dq[i, near], slack[i], rows, rho, starts[near], starts[near + 1],
-                 best, bidx)
+            scan(q[i], np.sqrt(max(d2[near] - e[near], 0.0)), np.sqrt(d2[near] + e[near]),
+                 slack[i], rows, rho, starts[near], starts[near + 1], best, bidx)
             visited = 1
-            while not np.isfinite(best[k - 1]):  # fewer than k rows there
-                lower[near] = np.inf
-                near = np.argmin(lower)
-                scan(q[i], dq[i, near], slack[i], rows, rho, starts[near],
+            done = np.zeros(n_cells, np.bool_)
+            done[near] = True
+            while not np.isfinite(best[k - 1]):  # fewer than k rows there: the next
+                near = -1
+                for j in range(n_cells):
+                    if rho_max[j] > -np.inf and not done[j] and (
+                            near < 0 or d2[j] < d2[near]):
+                        near = j
+                scan(q[i], np.sqrt(max(d2[near] - e[near], 0.0)),
+                     np.sqrt(d2[near] + e[near]), slack[i], rows, rho, starts[near],
                      starts[near + 1], best, bidx)
+                done[near] = True
                 visited += 1
-            lower[near] = np.inf
-            # then the cells the bound cannot rule out, nearest bound first, at most
-            # max_cells in all
+            # then the cells the bound cannot rule out: |q - b| >= |q - c_j| - rho_b
+            # >= sqrt(d2_j - e_j) - (largest rho in the cell), nearest bound first, at
+            # most max_cells in all
+            bound = best[k - 1] + slack[i]
+            n_cand = 0
+            cand = np.empty(n_cells, np.int64)
+            for j in range(n_cells):
+                r = rho_max[j] + bound
+                if not done[j] and rho_max[j] > -np.inf and d2[j] - e[j] <= r * r:
+                    cand[n_cand] = j
+                    n_cand += 1
+            lower = np.empty(n_cand)
+            for t in range(n_cand):
+                j = cand[t]
+                lower[t] = np.sqrt(max(d2[j] - e[j], 0.0)) - rho_max[j]
+            order = np.argsort(lower)
             exact = True
-            cand = np.flatnonzero(lower <= best[k - 1] + slack[i])
-            cand = cand[np.argsort(lower[cand])]
-            for j in cand:
-                if lower[j] > best[k - 1] + slack[i]:
+            for t in order:
+                j = cand[t]
+                if lower[t] > best[k - 1] + slack[i]:
                     break  # every further cell is farther
                 if visited >= max_cells:
                     exact = False
                     break
-                scan(q[i], dq[i, j], slack[i], rows, rho, starts[j], starts[j + 1],
-                     best, bidx)
+                scan(q[i], np.sqrt(max(d2[j] - e[j], 0.0)), np.sqrt(d2[j] + e[j]),
+                     slack[i], rows, rho, starts[j], starts[j + 1], best, bidx)
                 visited += 1
             out_d[i] = best
             out_i[i] = bidx
@@ -511,6 +537,15 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
     if bank_norm is None:  # a partition pickled before norm_max
         bank_norm = float(np.sqrt((rows * rows).sum(axis=1).max()))
     cap = np.iinfo(np.int64).max if max_cells is None else int(max_cells)
+    # |q - c_j| from one float32 product per query group: the rounding of q.c is at
+    # most gamma_d |q| |c| (gamma_d = d u / (1 - d u), u = 2^-24), so |q - c32_j|^2
+    # lies within 2 gamma_d |q| |c| (4 gamma_d here: a margin) of the float64 value;
+    # rounding the centres to float32 moves them by at most u |c|, which the slack
+    # (1e-4 (|q| + max |b|)) covers with room to spare
+    c32 = np.ascontiguousarray(centres, dtype=np.float32)
+    cn = (c32.astype(np.float64) ** 2).sum(1)
+    d = c32.shape[1]
+    err = 4.0 * d * 2.0 ** -24 / (1.0 - d * 2.0 ** -24)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     groups = partition["groups"]
     # buffers for the largest allowed set, reused for every query group
@@ -530,16 +565,14 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
             raise ValueError(
                 f"k={k} exceeds the {n_ok} bank rows allowed for query group {int(g)}")
         qg = q[sel]
-        q64 = qg.astype(np.float64)
-        # |q - c_j| in float64 (the bounds' rounding stays far below the slack)
-        dq = np.sqrt(np.maximum((q64 * q64).sum(1)[:, None] - 2.0 * q64 @ centres.T
-                                + (centres * centres).sum(1)[None], 0.0))
-        slack = 1e-4 * (np.sqrt((q64 * q64).sum(1)) + bank_norm)
+        qn = (qg.astype(np.float64) ** 2).sum(1)
+        prod = qg @ c32.T
+        slack = 1e-4 * (np.sqrt(qn) + bank_norm)
         d_g = np.empty((len(sel), k), np.float32)
         i_g = np.empty((len(sel), k), np.int64)
         x_g = np.empty(len(sel), bool)
-        search(np.ascontiguousarray(qg @ rotation), dq, slack, buf_rows, buf_rho, buf_starts,
-               buf_max, k, cap, d_g, i_g, x_g)
+        search(np.ascontiguousarray(qg @ rotation), prod, qn, cn, err, slack, buf_rows,
+               buf_rho, buf_starts, buf_max, k, cap, d_g, i_g, x_g)
         i_g = partition["index"][buf_pos[i_g]]
         d_g = _row_distances(torch.from_numpy(qg), torch.from_numpy(bank), i_g, 1 << 26)
         order = np.argsort(d_g, axis=1, kind="stable")

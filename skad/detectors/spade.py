@@ -78,6 +78,12 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         ``contamination="auto"`` with it.
     nn_method : {"auto", "pruned", "exact", "cells"}, default="auto"
         Pixel-level search (see above); "auto" is "pruned" on the CPU, "exact" on CUDA.
+    n_probe : int or None, default=None
+        With ``nn_method_="pruned"``: at most this many k-means cells visited per test
+        patch (``max_cells`` of :func:`~skad._kernels.refine.ball_knn`). A patch whose
+        bounds still admit further cells then keeps the nearest patches among those
+        read, so its distance is never below the exact one (it can only look more
+        anomalous). None: exact. Ignored by the other searches.
     random_state : int, RandomState instance or None, default=None
         Seeds the k-means of the "pruned" cells (any seed gives the same distances) and
         of the "cells" index.
@@ -155,6 +161,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         "n_pixel_neighbors": [Interval(Integral, 1, None, closed="left")],
         **BlindModeMixin._exclude_constraints(deprecated_exclude_self=True),
         "nn_method": [StrOptions({"auto", "exact", "pruned", "cells"})],
+        "n_probe": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
         **DeviceMixin._device_constraint,
     }
@@ -169,6 +176,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         calibration="auto",
         false_alarm_rate=None,
         nn_method="auto",
+        n_probe=None,
         random_state=None,
         sigma=4.0,
         device="auto",
@@ -182,6 +190,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.calibration = calibration
         self.false_alarm_rate = false_alarm_rate
         self.nn_method = nn_method
+        self.n_probe = n_probe
         self.random_state = random_state
         self.sigma = sigma
         self.device = device
@@ -224,6 +233,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
                 state["exclude_"] = "self" if state.get("exclude_self") is True else None
                 state["blind_"] = state["exclude_"] is not None
                 state["n_pixel_neighbors_"] = state["n_pixel_neighbors"]
+        if "n_probe" not in state:  # pickled before the cap on cells
+            state = dict(state, n_probe=None)
         if "train_pooled_" in state and "partition_" not in state:  # before "pruned"
             state = dict(state, partition_=None)
         if "train_patches_" in state and "index_" not in state:
@@ -264,7 +275,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         allowed[np.arange(n)[:, None], nbr] = True
         if self.nn_method_ == "pruned":
             d, _ = ball_knn(patch_rows(X), self.index_.bank_, kappa, self.partition_,
-                            np.repeat(np.arange(n), h * w), allowed)
+                            np.repeat(np.arange(n), h * w), allowed,
+                            max_cells=self.n_probe)
             return image, d.mean(axis=1).reshape(n, h, w).astype(np.float32)
         d, _ = self.index_.query(
             patch_rows(X), kappa, query_groups=np.repeat(np.arange(n), h * w),
