@@ -373,7 +373,7 @@ def _ball_kernels():
                 bidx[x] = p
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def search(q, prod, qn, cn, err, slack, rows, rho, starts, rho_max, k, max_cells,
+    def search(q, prod, qn, cn, c_norm, err, slack, rows, rho, starts, rho_max, k, max_cells,
                out_d, out_i, out_x):
         m = q.shape[0]
         n_cells = starts.shape[0] - 1
@@ -389,7 +389,7 @@ def _ball_kernels():
             near = -1  # the nearest centre with allowed rows
             for j in range(n_cells):
                 d2[j] = qn[i] + cn[j] - 2.0 * prod[i, j]
-                e[j] = err * qi_n * np.sqrt(cn[j])
+                e[j] = err * qi_n * c_norm[j]
             for j in range(n_cells):
                 if rho_max[j] > -np.inf and (near < 0 or d2[j] < d2[near]):
                     near = j
@@ -544,6 +544,7 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
     # (1e-4 (|q| + max |b|)) covers with room to spare
     c32 = np.ascontiguousarray(centres, dtype=np.float32)
     cn = (c32.astype(np.float64) ** 2).sum(1)
+    c_norm = np.sqrt(cn)
     d = c32.shape[1]
     err = 4.0 * d * 2.0 ** -24 / (1.0 - d * 2.0 ** -24)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -571,7 +572,7 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
         d_g = np.empty((len(sel), k), np.float32)
         i_g = np.empty((len(sel), k), np.int64)
         x_g = np.empty(len(sel), bool)
-        search(np.ascontiguousarray(qg @ rotation), prod, qn, cn, err, slack, buf_rows,
+        search(np.ascontiguousarray(qg @ rotation), prod, qn, cn, c_norm, err, slack, buf_rows,
                buf_rho, buf_starts, buf_max, k, cap, d_g, i_g, x_g)
         i_g = partition["index"][buf_pos[i_g]]
         d_g = _row_distances(torch.from_numpy(qg), torch.from_numpy(bank), i_g, 1 << 26)
