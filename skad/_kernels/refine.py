@@ -425,15 +425,19 @@ def _ball_kernels():
             for t in range(n_cand):
                 j = cand[t]
                 lower[t] = np.sqrt(max(d2[j] - e[j], 0.0)) - rho_max[j]
-            order = np.argsort(lower)
             exact = True
-            for t in order:
-                j = cand[t]
+            for _ in range(n_cand):  # the smallest remaining bound (few are taken)
+                t = 0
+                for u in range(1, n_cand):
+                    if lower[u] < lower[t]:
+                        t = u
                 if lower[t] > best[k - 1] + slack[i]:
                     break  # every further cell is farther
                 if visited >= max_cells:
                     exact = False
                     break
+                lower[t] = np.inf
+                j = cand[t]
                 scan(q[i], np.sqrt(max(d2[j] - e[j], 0.0)), np.sqrt(d2[j] + e[j]),
                      slack[i], rows, rho, starts[j], starts[j + 1], best, bidx)
                 visited += 1
