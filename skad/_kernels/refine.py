@@ -333,7 +333,8 @@ def _ball_kernels():
             for p in range(starts[j], starts[j + 1]):
                 if ok[p]:
                     out_pos[t] = p
-                    out_rows[t, :] = rows[p]
+                    for c in range(rows.shape[1]):  # (faster than a slice assignment)
+                        out_rows[t, c] = rows[p, c]
                     out_rho[t] = rho[p]
                     t += 1
         return out_starts[n_cells]
