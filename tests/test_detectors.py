@@ -185,21 +185,22 @@ def test_spade_image_and_pixel_levels():
 
 @pytest.mark.parametrize("n_neighbors, n_pixel_neighbors", [(3, 1), (3, 4), (50, 2)])
 def test_spade_pruned_search_equals_exact(n_neighbors, n_pixel_neighbors):
-    # the default CPU search ("pruned") gives the brute-force scores and maps: K above
+    # the CPU search ("pruned") without a cap gives the brute-force scores and maps: K above
     # the number of images (clipped), ties (a test image equal to a training image),
     # one test image, two training images
     X_train, X_test, _ = _patch_data()
     X_test = np.concatenate([X_test, X_train[:1]])
     kw = dict(n_neighbors=n_neighbors, n_pixel_neighbors=n_pixel_neighbors, device="cpu")
     exact = SPADE(nn_method="exact", **kw).fit(X_train)
-    pruned = SPADE(random_state=0, **kw).fit(X_train)
+    pruned = SPADE(random_state=0, n_probe=None, **kw).fit(X_train)
     assert pruned.nn_method_ == "pruned" and exact.partition_ is None
     for Xs in (X_test, X_test[-1:]):
         np.testing.assert_allclose(pruned.score_samples(Xs), exact.score_samples(Xs),
                                    rtol=1e-6)
         np.testing.assert_allclose(pruned.anomaly_map(Xs), exact.anomaly_map(Xs),
                                    rtol=1e-5, atol=1e-5)
-    two = SPADE(n_pixel_neighbors=n_pixel_neighbors, device="cpu").fit(X_train[:2])
+    two = SPADE(n_pixel_neighbors=n_pixel_neighbors, n_probe=None,
+                device="cpu").fit(X_train[:2])
     np.testing.assert_allclose(
         two.anomaly_map(X_test),
         SPADE(n_pixel_neighbors=n_pixel_neighbors, nn_method="exact",
@@ -212,7 +213,8 @@ def test_spade_n_probe_caps_the_pixel_search():
     # ones, equal once the cap covers every cell; pickled with its parameter
     X_train, X_test, _ = _patch_data(n_train=30)
     X_test = X_test + np.random.default_rng(3).normal(size=X_test.shape).astype(np.float32)
-    exact = SPADE(n_neighbors=10, random_state=0, device="cpu").fit(X_train)
+    assert SPADE().n_probe == 4  # the default caps the search
+    exact = SPADE(n_neighbors=10, n_probe=None, random_state=0, device="cpu").fit(X_train)
     capped = SPADE(n_neighbors=10, n_probe=1, random_state=0, device="cpu").fit(X_train)
     np.testing.assert_allclose(capped.score_samples(X_test), exact.score_samples(X_test))
     s_cap, m_cap = capped.score_and_map(X_test)
