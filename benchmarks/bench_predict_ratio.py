@@ -4,7 +4,6 @@ For each detector and each skad checkout (``--skad PATH``, e.g. this tree and a
 worktree of an older commit), a fresh process fits the detector on bottle's cached
 training features, then alternates ``rounds`` times: the backbone on 32 test images,
 the detector's ``predict`` on ``--n-time`` test features (default all 83),
-both with ``--threads`` threads (the detector under ``skad.utils.thread_limits``),
 ``score_and_map`` (maps at mask size). Each round's ratio is ``1 + detector / backbone`` per image (end to end over
 backbone); the median round is reported. The versions run one after the other in the
 same run and write their scores and maps, so accuracy (image / pixel AUROC, PRO) and
@@ -50,13 +49,7 @@ def child(args):
         del sys.modules[mod]
     import skad
 
-    from skad.utils import thread_limits
-
     torch.set_num_threads(args.threads)
-    # the detector gets the backbone's thread count (under its default "auto" a busy
-    # machine would leave it fewer threads than the extractor's explicit n_threads)
-    limits = thread_limits(args.threads)
-    limits.__enter__()
     data = C.bottle_data()
     p = {"n_threads": args.threads}
     train = C.cached_features(data.train_images, "bottle_train", **p)

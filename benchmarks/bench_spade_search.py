@@ -44,12 +44,7 @@ def main(argv=None):
     from skad._kernels.refine import ball_knn
     from skad.detectors import SPADE
 
-    from skad.utils import thread_limits
-
     torch.set_num_threads(args.threads)
-    # SPADE gets the backbone's thread count (its default "auto" takes the free cores)
-    limits = thread_limits(args.threads)
-    limits.__enter__()
     data = C.bottle_data()
     p = {"n_threads": args.threads}
     train = C.cached_features(data.train_images, "bottle_train", **p)
