@@ -391,7 +391,6 @@ def _ball_kernels():
             for j in range(n_cells):
                 d2[j] = qn[i] + cn[j] - 2.0 * prod[i, j]
                 e[j] = err * qi_n * c_norm[j]
-            for j in range(n_cells):
                 if rho_max[j] > -np.inf and (near < 0 or d2[j] < d2[near]):
                     near = j
             # the nearest centre's cell first: a small k-th distance early
@@ -563,8 +562,12 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
     buf_rho = np.empty(size, np.float64)
     buf_starts = np.empty(n_cells + 1, np.int64)
     buf_max = np.empty(n_cells, np.float64)
-    for g in ug:
-        sel = np.flatnonzero(query_groups == g)
+    # one product per query group gives the rotated rows and q.c_j
+    both = np.ascontiguousarray(np.hstack([rotation, c32.T]))
+    by_group = np.argsort(query_groups, kind="stable")
+    bounds = np.searchsorted(query_groups[by_group], ug)
+    for g, s0, s1 in zip(ug, bounds, np.r_[bounds[1:], m]):
+        sel = by_group[s0:s1]
         n_ok = compact(allowed[g][groups], rows, rho, partition["starts"], buf_rows, buf_pos,
                        buf_rho, buf_starts, buf_max)
         if n_ok < k:
@@ -572,13 +575,14 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
                 f"k={k} exceeds the {n_ok} bank rows allowed for query group {int(g)}")
         qg = q[sel]
         qn = (qg.astype(np.float64) ** 2).sum(1)
-        prod = qg @ c32.T
+        qb = qg @ both
         slack = 1e-4 * (np.sqrt(qn) + bank_norm)
         d_g = np.empty((len(sel), k), np.float32)
         i_g = np.empty((len(sel), k), np.int64)
         x_g = np.empty(len(sel), bool)
-        search(np.ascontiguousarray(qg @ rotation), prod, qn, cn, c_norm, err, slack, buf_rows,
-               buf_rho, buf_starts, buf_max, k, cap, d_g, i_g, x_g)
+        search(np.ascontiguousarray(qb[:, :rotation.shape[1]]), qb[:, rotation.shape[1]:],
+               qn, cn, c_norm, err, slack, buf_rows, buf_rho, buf_starts, buf_max, k, cap,
+               d_g, i_g, x_g)
         i_g = partition["index"][buf_pos[i_g]]
         d_g = _row_distances(torch.from_numpy(qg), torch.from_numpy(bank), i_g, 1 << 26)
         order = np.argsort(d_g, axis=1, kind="stable")
