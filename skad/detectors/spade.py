@@ -86,7 +86,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         centre's cell, then by lower bound). A patch whose bounds still admit further
         cells then keeps the nearest patches among those read, so its distance is never
         below the exact one (it can only look more anomalous); image scores do not
-        depend on it. None: the exact search. Ignored by the other searches.
+        depend on it, and which patches are approximated depends on the cells (seeded
+        by ``random_state``). None: the exact search. Ignored by the other searches.
     random_state : int, RandomState instance or None, default=None
         Seeds the k-means of the "pruned" cells (any seed gives the same distances) and
         of the "cells" index.
@@ -136,12 +137,11 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     - What is exact: the image level (image scores, ``predict``, ``offset_``) always;
       the pixel level with ``n_probe=None`` (or ``nn_method="exact"``). With the
       default ``n_probe=4`` a test patch's distance is exact when its search ends by
-      the bound before the cap, else an upper bound. Measured on MVTec bottle (default
-      features, all 83 test images x 784 patches): recall@1 (the exact nearest patch
-      returned) 97.4 %, distance approx / exact at most 1.024 for 99 % of the patches;
-      pixel AUROC 0.985003 vs 0.984957 exact, PRO 0.94246 vs 0.94241, image AUROC
-      unchanged; ``score_and_map`` about 0.7x the exact search's time
-      (``benchmarks/results/issue19_speed.md``).
+      the bound before the cap, else an upper bound (``return_exact`` of
+      :func:`~skad._kernels.refine.ball_knn` says which). Its recall (the fraction of
+      patches given their exact nearest patch, distance ratios), the accuracy it moves
+      and its speed against the exact search on bottle: ``doc/detectors.md`` and
+      ``benchmarks/results/issue19_speed.md``.
     - Training scores for ``offset_`` exclude each image from its own neighbours (in
       blind mode: the blind scores of the fitted set, which skip its nearest image).
       Like every memory-bank method, ``score_samples(X_train)`` is therefore higher
