@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import _common as C  # noqa: E402
+import _common as C
 
 
 def main(argv=None):
