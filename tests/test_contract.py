@@ -73,6 +73,8 @@ def test_the_cross_fitted_models_do_not_repeat_the_warning():
 @pytest.mark.parametrize("det, match", [
     (PatchCore(n_neighbors=0), "n_neighbors"),
     (SPADE(n_pixel_neighbors=0), "n_pixel_neighbors"),
+    (SPADE(n_probe=0), "n_probe"),
+    (SPADE(n_probe=2.5), "n_probe"),
     (PaDiM(eps=0.0), "eps"),
     (NPad(eps=0.0), "eps"),
     (PatchCluster(n_reweight_neighbors=0), "n_reweight_neighbors"),

@@ -185,26 +185,55 @@ def test_spade_image_and_pixel_levels():
 
 @pytest.mark.parametrize("n_neighbors, n_pixel_neighbors", [(3, 1), (3, 4), (50, 2)])
 def test_spade_pruned_search_equals_exact(n_neighbors, n_pixel_neighbors):
-    # the default CPU search ("pruned") gives the brute-force scores and maps: K above
+    # the CPU search ("pruned") without a cap gives the brute-force scores and maps: K above
     # the number of images (clipped), ties (a test image equal to a training image),
     # one test image, two training images
     X_train, X_test, _ = _patch_data()
     X_test = np.concatenate([X_test, X_train[:1]])
     kw = dict(n_neighbors=n_neighbors, n_pixel_neighbors=n_pixel_neighbors, device="cpu")
     exact = SPADE(nn_method="exact", **kw).fit(X_train)
-    pruned = SPADE(random_state=0, **kw).fit(X_train)
+    pruned = SPADE(random_state=0, n_probe=None, **kw).fit(X_train)
     assert pruned.nn_method_ == "pruned" and exact.partition_ is None
     for Xs in (X_test, X_test[-1:]):
         np.testing.assert_allclose(pruned.score_samples(Xs), exact.score_samples(Xs),
                                    rtol=1e-6)
         np.testing.assert_allclose(pruned.anomaly_map(Xs), exact.anomaly_map(Xs),
                                    rtol=1e-5, atol=1e-5)
-    two = SPADE(n_pixel_neighbors=n_pixel_neighbors, device="cpu").fit(X_train[:2])
+    two = SPADE(n_pixel_neighbors=n_pixel_neighbors, n_probe=None,
+                device="cpu").fit(X_train[:2])
     np.testing.assert_allclose(
         two.anomaly_map(X_test),
         SPADE(n_pixel_neighbors=n_pixel_neighbors, nn_method="exact",
               device="cpu").fit(X_train[:2]).anomaly_map(X_test), rtol=1e-5, atol=1e-5)
     assert pickle.loads(pickle.dumps(pruned)).anomaly_map(X_test[:1]).shape == (1, 5, 5)
+
+
+def test_spade_n_probe_caps_the_pixel_search():
+    # n_probe: image scores unchanged (the image level), maps never below the exact
+    # ones, equal once the cap covers every cell; pickled with its parameter
+    X_train, X_test, _ = _patch_data(n_train=30)
+    X_test = X_test + np.random.default_rng(3).normal(size=X_test.shape).astype(np.float32)
+    assert SPADE().n_probe == 4  # the default caps the search
+    exact = SPADE(n_neighbors=10, n_probe=None, random_state=0, device="cpu").fit(X_train)
+    capped = SPADE(n_neighbors=10, n_probe=1, random_state=0, device="cpu").fit(X_train)
+    np.testing.assert_allclose(capped.score_samples(X_test), exact.score_samples(X_test))
+    s_cap, m_cap = capped.score_and_map(X_test)
+    s_ex, m_ex = exact.score_and_map(X_test)
+    np.testing.assert_allclose(s_cap, s_ex)
+    assert np.all(m_cap >= m_ex - 1e-5) and np.any(m_cap > m_ex + 1e-4)
+    n_cells = len(exact.partition_["centres"])
+    wide = SPADE(n_neighbors=10, n_probe=n_cells, random_state=0, device="cpu").fit(X_train)
+    np.testing.assert_allclose(wide.anomaly_map(X_test), m_ex, rtol=1e-6)
+    back = pickle.loads(pickle.dumps(capped))
+    assert back.n_probe == 1
+    np.testing.assert_allclose(back.anomaly_map(X_test), m_cap)
+    # an older pickle (before n_probe) unpickles as the exact search
+    state = exact.__getstate__()
+    state.pop("n_probe")
+    old = SPADE.__new__(SPADE)
+    old.__setstate__(state)
+    assert old.n_probe is None
+    np.testing.assert_allclose(old.anomaly_map(X_test), m_ex)
 
 
 def test_patch_outlier_subsampling_and_nested_params():

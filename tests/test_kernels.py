@@ -448,6 +448,40 @@ def test_ball_knn_is_exact(k):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_ball_knn_capped_is_an_upper_bound(k):
+    # a cap on the cells visited: distances never below the exact ones, equal where the
+    # search ended by the exact criterion and everywhere once the cap reaches the cells
+    rng = np.random.default_rng(9)
+    bank = (rng.normal(size=(1500, 24)) * np.linspace(2, 0.2, 24)).astype(np.float32)
+    bg = np.repeat(np.arange(15), 100)
+    q = np.r_[bank[:40] + 0.3 * rng.normal(size=(40, 24)).astype(np.float32),
+              6 * rng.normal(size=(20, 24)).astype(np.float32)]
+    qg = rng.integers(0, 3, len(q))
+    allowed = rng.random((3, 15)) < 0.5
+    allowed[:, 0] = True
+    part = ball_partition(bank, bg, n_cells=30, random_state=0)
+    ref, _, ex = ball_knn(q, bank, k, part, qg, allowed, return_exact=True)
+    assert ex.all()
+    np.testing.assert_allclose(ref, _allowed_brute(q, bank, k, qg, bg, allowed),
+                               rtol=1e-5, atol=1e-5)
+    fewer = 0
+    for cap in (1, 2, 5):
+        d, i, exact = ball_knn(q, bank, k, part, qg, allowed, max_cells=cap,
+                               return_exact=True)
+        assert allowed[qg[:, None], bg[i]].all()
+        assert np.all(d >= ref - 1e-5)
+        np.testing.assert_allclose(d[exact], ref[exact], rtol=1e-5, atol=1e-5)
+        fewer += (~exact).sum()
+    assert fewer > 0  # the caps did stop some searches
+    d, _, exact = ball_knn(q, bank, k, part, qg, allowed, max_cells=30, return_exact=True)
+    assert exact.all()
+    np.testing.assert_allclose(d, ref, rtol=1e-6)
+    for bad in (0, 1.5, True, -2):
+        with pytest.raises(ValueError, match="max_cells"):
+            ball_knn(q, bank, k, part, qg, allowed, max_cells=bad)
+
+
 def test_ball_knn_edge_cases():
     rng = np.random.default_rng(8)
     bank = rng.normal(size=(50, 4)).astype(np.float32)

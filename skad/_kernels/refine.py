@@ -24,9 +24,9 @@ rows (SPADE: a test image's patches against those of its ``K`` nearest training
 images), without a product over all allowed rows: :func:`ball_partition` sorts the bank
 by k-means cell and distance to the cell's centre once; a query then visits cells
 nearest first, skips those that the triangle inequality rules out, and measures only
-the rows whose bounds (distance to the centre, then a partial distance over the
-leading principal coordinates) are within its current ``k``-th distance. The loops
-are compiled with numba.
+the rows whose bound (from their distance to the centre) is within its current
+``k``-th distance; optionally at most ``max_cells`` cells per row (approximate: the
+distances returned are never below the exact ones). The loops are compiled with numba.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 from .ann import principal_directions
 from .knn import knn_search, ranking_operand
 
-__all__ = ["BOUND_DIM", "HEAD_DIM", "ball_knn", "ball_partition", "bank_products", "exact_knn",
+__all__ = ["BOUND_DIM", "ROW_PAD", "ball_knn", "ball_partition", "bank_products", "exact_knn",
            "pruned_knn", "rank_against_bank"]
 
 #: dimensions of the principal subspace whose distances bound distances to bank rows
@@ -223,12 +223,12 @@ def exact_knn(q, bank, k, products, *, groups=None, upper=None):
 
 
 # ---------------------------------------------------------------------------
-# Restricted exact search by triangle-inequality pruning (SPADE's pixel level)
+# Restricted search by triangle-inequality pruning (SPADE's pixel level)
 # ---------------------------------------------------------------------------
 
-#: leading (principal) dimensions of a row compared first by :func:`ball_knn`; the
-#: rest only for rows whose distance in these is within the current bound
-HEAD_DIM = 16
+#: the rotated rows of :func:`ball_partition` are padded with zero columns to a multiple
+#: of this (whole SIMD registers in the distance loop)
+ROW_PAD = 16
 
 
 def ball_partition(bank, groups, *, n_cells=None, random_state=None):
@@ -237,9 +237,7 @@ def ball_partition(bank, groups, *, n_cells=None, random_state=None):
     The rows are split into k-means cells (:func:`~skad._kernels.kmeans.lloyd` on a
     sample, then every row to its nearest centre), sorted by cell and, inside a cell,
     by their distance ``rho`` to its centre, and rotated to the bank's principal axes
-    (an orthonormal change of basis: distances do not change, but the leading
-    coordinates carry most of each distance, so a partial sum over them rejects most
-    rows early).
+    (an orthonormal change of basis: distances do not change).
 
     Parameters
     ----------
@@ -255,11 +253,11 @@ def ball_partition(bank, groups, *, n_cells=None, random_state=None):
     -------
     partition : dict
         ``rotation`` ``(d, d')`` float32 (orthonormal columns, ``d'`` = ``d`` padded to
-        a multiple of ``HEAD_DIM`` with zero columns), ``rows`` ``(n, d')`` float32 (the
+        a multiple of ``ROW_PAD`` with zero columns), ``rows`` ``(n, d')`` float32 (the
         rotated rows in sorted order), ``index`` (each sorted row's row in ``bank``),
         ``groups``, ``cell``, ``rho`` (float64) and ``starts`` (``(n_cells + 1,)``: the
         cells' ranges) of the sorted rows, ``centres`` ``(n_cells, d)`` float64,
-        ``head_dim`` (``HEAD_DIM``).
+        ``norm_max`` (the largest row norm, for the rounding slack).
         Memory: about ``4 n (d' + 6)`` bytes, the bank's size again.
     """
     from sklearn.utils import check_random_state
@@ -284,10 +282,13 @@ def ball_partition(bank, groups, *, n_cells=None, random_state=None):
     cell = knn_search(bank, centres, 1)[1][:, 0]
     centres = centres.astype(np.float64)
     rho = np.empty(n, np.float64)
+    norm_max = 0.0
     for s in range(0, n, 65536):  # bounded float64 blocks
-        rho[s:s + 65536] = np.linalg.norm(bank[s:s + 65536] - centres[cell[s:s + 65536]], axis=1)
+        block = bank[s:s + 65536].astype(np.float64)
+        rho[s:s + 65536] = np.linalg.norm(block - centres[cell[s:s + 65536]], axis=1)
+        norm_max = max(norm_max, float(np.sqrt((block * block).sum(1).max())))
     index = np.lexsort((rho, cell))
-    pad = (-d) % HEAD_DIM
+    pad = (-d) % ROW_PAD
     rotation = np.hstack([principal_directions(bank, d), np.zeros((d, pad), np.float32)])
     rows = np.empty((n, d + pad), np.float32)
     for s in range(0, n, 65536):
@@ -296,7 +297,10 @@ def ball_partition(bank, groups, *, n_cells=None, random_state=None):
     return {"rotation": rotation, "rows": rows, "index": index, "groups": groups[index],
             "cell": cell.astype(np.int64), "rho": rho[index],
             "starts": np.searchsorted(cell, np.arange(n_cells + 1)).astype(np.int64),
-            "centres": centres, "head_dim": HEAD_DIM}
+            "centres": centres, "norm_max": norm_max}
+
+
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
 def _ball_kernels():
@@ -306,36 +310,42 @@ def _ball_kernels():
         return _BALL
     from numba import njit, prange
 
-    @njit(cache=True)
-    def compact(allowed_rows, rows, rho, cell, n_cells, head_dim):
-        # the allowed rows, in their (cell, rho) order, with their cells' ranges
-        n = allowed_rows.shape[0]
-        m = 0
-        for p in range(n):
-            m += allowed_rows[p]
-        pos = np.empty(m, np.int64)
-        head = np.empty((m, head_dim), np.float32)
-        rho_a = np.empty(m, np.float64)
-        starts = np.zeros(n_cells + 1, np.int64)
-        t = 0
-        for p in range(n):
-            if allowed_rows[p]:
-                pos[t] = p
-                head[t] = rows[p, :head_dim]
-                rho_a[t] = rho[p]
-                starts[cell[p] + 1] += 1
-                t += 1
+    @njit(parallel=True, cache=True)
+    def compact(ok, rows, rho, starts, out_rows, out_pos, out_rho, out_starts, out_max):
+        # the allowed rows into contiguous buffers, cell by cell in their rho order
+        # (scans then read consecutive rows: several times faster than skipping), and
+        # each cell's largest allowed rho (-inf: no allowed row)
+        n_cells = starts.shape[0] - 1
+        out_starts[0] = 0
+        for j in prange(n_cells):
+            c = 0
+            top = -np.inf
+            for p in range(starts[j], starts[j + 1]):
+                if ok[p]:
+                    c += 1
+                    top = rho[p]
+            out_starts[j + 1] = c
+            out_max[j] = top
         for j in range(n_cells):
-            starts[j + 1] += starts[j]
-        return pos, head, rho_a, starts
+            out_starts[j + 1] += out_starts[j]
+        for j in prange(n_cells):
+            t = out_starts[j]
+            for p in range(starts[j], starts[j + 1]):
+                if ok[p]:
+                    out_pos[t] = p
+                    for c in range(rows.shape[1]):  # (faster than a slice assignment)
+                        out_rows[t, c] = rows[p, c]
+                    out_rho[t] = rho[p]
+                    t += 1
+        return out_starts[n_cells]
 
-    @njit(fastmath={"reassoc", "contract", "arcp", "nsz"}, cache=True)
-    def scan(qi, dqj, slack, head, rows, pos, rho, a, e, best, bidx):
-        # the rows of one cell whose rho is within the bound of |q - c_j|
+    @njit(fastmath=_FASTMATH, cache=True)
+    def scan(qi, dlo, dhi, slack, rows, rho, a, e, best, bidx):
+        # the rows of one cell whose rho is within the bound of |q - c_j|, known to lie
+        # in [dlo, dhi]: |q - b| >= max(dlo - rho_b, rho_b - dhi)
         k = best.shape[0]
         dp = qi.shape[0]
-        hd = head.shape[1]
-        lo_v = dqj - (best[k - 1] + slack)
+        lo_v = dlo - (best[k - 1] + slack)
         b = e
         while a < b:  # binary search of the first rho >= |q - c_j| - bound
             h = (a + b) >> 1
@@ -345,24 +355,14 @@ def _ball_kernels():
                 b = h
         for p in range(a, e):
             u = best[k - 1] + slack
-            if rho[p] > dqj + u:
+            if rho[p] > dhi + u:
                 break
-            lim = u * u
             acc = np.float32(0.0)
-            for c in range(hd):
-                t = qi[c] - head[p, c]
+            for c in range(dp):  # one pass (vectorised): faster than early exits
+                t = qi[c] - rows[p, c]
                 acc += t * t
-            if acc > lim:  # partial sums only grow: the head bounds from below
+            if acc > u * u:
                 continue
-            r = pos[p]
-            for c0 in range(hd, dp, hd):
-                part = np.float32(0.0)
-                for c in range(c0, c0 + hd):
-                    t = qi[c] - rows[r, c]
-                    part += t * t
-                acc += part
-                if acc > lim:
-                    break
             dist = np.float32(np.sqrt(acc))
             if dist < best[k - 1]:
                 x = k - 1
@@ -371,42 +371,79 @@ def _ball_kernels():
                     bidx[x] = bidx[x - 1]
                     x -= 1
                 best[x] = dist
-                bidx[x] = r
+                bidx[x] = p
 
-    @njit(parallel=True, fastmath={"reassoc", "contract", "arcp", "nsz"}, cache=True)
-    def search(q, dq, slack, head, rows, pos, rho, starts, k, out_d, out_i):
+    @njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    def search(q, prod, qn, cn, c_norm, err, slack, rows, rho, starts, rho_max, k, max_cells,
+               out_d, out_i, out_x):
         m = q.shape[0]
         n_cells = starts.shape[0] - 1
         for i in prange(m):
             best = np.full(k, np.inf, np.float32)
             bidx = np.full(k, -1, np.int64)
-            # |q - b| >= |q - c_j| - rho_b >= |q - c_j| - (largest rho in the cell)
-            lower = np.full(n_cells, np.inf)
-            near = -1
+            # |q - c_j|^2 in [d2_j - e_j, d2_j + e_j] from the float32 product q.c_j
+            # (its rounding is at most err |q| |c_j|, see ball_knn); square roots only
+            # for the cells visited
+            d2 = np.empty(n_cells)
+            e = np.empty(n_cells)
+            qi_n = np.sqrt(qn[i])
+            near = -1  # the nearest centre with allowed rows
             for j in range(n_cells):
-                if starts[j + 1] > starts[j]:
-                    lower[j] = dq[i, j] - rho[starts[j + 1] - 1]
-                    if near < 0 or dq[i, j] < dq[i, near]:
-                        near = j
+                d2[j] = qn[i] + cn[j] - 2.0 * prod[i, j]
+                e[j] = err * qi_n * c_norm[j]
+                if rho_max[j] > -np.inf and (near < 0 or d2[j] < d2[near]):
+                    near = j
             # the nearest centre's cell first: a small k-th distance early
-            scan(q[i], dq[i, near], slack[i], head, rows, pos, rho, starts[near],
-                 starts[near + 1], best, bidx)
-            while not np.isfinite(best[k - 1]):  # fewer than k rows there
-                lower[near] = np.inf
-                near = np.argmin(lower)
-                scan(q[i], dq[i, near], slack[i], head, rows, pos, rho, starts[near],
+            scan(q[i], np.sqrt(max(d2[near] - e[near], 0.0)), np.sqrt(d2[near] + e[near]),
+                 slack[i], rows, rho, starts[near], starts[near + 1], best, bidx)
+            visited = 1
+            done = np.zeros(n_cells, np.bool_)
+            done[near] = True
+            while not np.isfinite(best[k - 1]):  # fewer than k rows there: the next
+                near = -1
+                for j in range(n_cells):
+                    if rho_max[j] > -np.inf and not done[j] and (
+                            near < 0 or d2[j] < d2[near]):
+                        near = j
+                scan(q[i], np.sqrt(max(d2[near] - e[near], 0.0)),
+                     np.sqrt(d2[near] + e[near]), slack[i], rows, rho, starts[near],
                      starts[near + 1], best, bidx)
-            lower[near] = np.inf
-            # then the cells the bound cannot rule out, nearest bound first
-            cand = np.flatnonzero(lower <= best[k - 1] + slack[i])
-            cand = cand[np.argsort(lower[cand])]
-            for j in cand:
-                if lower[j] > best[k - 1] + slack[i]:
+                done[near] = True
+                visited += 1
+            # then the cells the bound cannot rule out: |q - b| >= |q - c_j| - rho_b
+            # >= sqrt(d2_j - e_j) - (largest rho in the cell), nearest bound first, at
+            # most max_cells in all
+            bound = best[k - 1] + slack[i]
+            n_cand = 0
+            cand = np.empty(n_cells, np.int64)
+            for j in range(n_cells):
+                r = rho_max[j] + bound
+                if not done[j] and rho_max[j] > -np.inf and d2[j] - e[j] <= r * r:
+                    cand[n_cand] = j
+                    n_cand += 1
+            lower = np.empty(n_cand)
+            for t in range(n_cand):
+                j = cand[t]
+                lower[t] = np.sqrt(max(d2[j] - e[j], 0.0)) - rho_max[j]
+            exact = True
+            for _ in range(n_cand):  # the smallest remaining bound (few are taken)
+                t = 0
+                for u in range(1, n_cand):
+                    if lower[u] < lower[t]:
+                        t = u
+                if lower[t] > best[k - 1] + slack[i]:
                     break  # every further cell is farther
-                scan(q[i], dq[i, j], slack[i], head, rows, pos, rho, starts[j],
-                     starts[j + 1], best, bidx)
+                if visited >= max_cells:
+                    exact = False
+                    break
+                lower[t] = np.inf
+                j = cand[t]
+                scan(q[i], np.sqrt(max(d2[j] - e[j], 0.0)), np.sqrt(d2[j] + e[j]),
+                     slack[i], rows, rho, starts[j], starts[j + 1], best, bidx)
+                visited += 1
             out_d[i] = best
             out_i[i] = bidx
+            out_x[i] = exact
 
     _BALL = (compact, search)
     return _BALL
@@ -415,20 +452,23 @@ def _ball_kernels():
 _BALL = None
 
 
-def ball_knn(q, bank, k, partition, query_groups, allowed):
-    """Exact ``k`` nearest allowed bank rows of the rows of ``q``, by pruning.
+def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
+             return_exact=False):
+    """``k`` nearest allowed bank rows of the rows of ``q``, by pruning (exact by default).
 
     Each query row of group ``g`` is searched among the bank rows whose group ``h``
     has ``allowed[g, h]`` (SPADE: a test image's patches among those of its ``K``
-    nearest training images). Nothing is approximated: a cell ``j`` of
-    :func:`ball_partition` is skipped only when ``|q - c_j| - max rho`` (a lower bound
-    on the distance to each of its rows, by the triangle inequality) exceeds the
-    current ``k``-th distance, a row only when ``| |q - c_j| - rho_b |`` or its
-    partial distance over the leading principal coordinates does. Cells are visited
-    nearest bound first, so the ``k``-th distance falls fast and most of the bank is
-    never read. The bounds carry a slack of ``1e-4 (|q| + max |b|)`` for float
-    rounding; the distances of the rows returned are measured again in the original
-    basis, ``||q - b||``.
+    nearest training images). With ``max_cells=None`` nothing is approximated: a cell
+    ``j`` of :func:`ball_partition` is skipped only when ``|q - c_j| - max rho`` (a
+    lower bound on the distance to each of its rows, by the triangle inequality)
+    exceeds the current ``k``-th distance, a row only when ``| |q - c_j| - rho_b |``
+    does. Cells are visited nearest bound first, so the ``k``-th distance falls fast
+    and most of the bank is never read. The bounds carry a slack of
+    ``1e-4 (|q| + max |b|)`` for float rounding; the distances of the rows returned
+    are measured again in the original basis, ``||q - b||``.
+
+    The allowed rows of each query group are first copied into contiguous buffers
+    (cell by cell), which the scans then read in order.
 
     Parameters
     ----------
@@ -442,11 +482,21 @@ def ball_knn(q, bank, k, partition, query_groups, allowed):
         Ids in ``[0, allowed.shape[0])``.
     allowed : ndarray of bool, shape (n_query_groups, n_bank_groups)
         Every query group must allow at least ``k`` bank rows.
+    max_cells : int or None, default=None
+        At most this many cells visited per query (the nearest centre's first, then by
+        lower bound): a query whose bound still admits further cells stops there and
+        returns the ``k`` nearest rows among those it read, so its distances are never
+        below the exact ones (approximate, see ``return_exact``). None: exact.
+    return_exact : bool, default=False
+        Also return, per query, whether its search ended by the exact criterion
+        (always True with ``max_cells=None``).
 
     Returns
     -------
     distances : ndarray of float32, shape (m, k), ascending
     indices : ndarray of int64, shape (m, k)
+    exact : ndarray of bool, shape (m,)
+        Only with ``return_exact=True``.
 
     Examples
     --------
@@ -459,12 +509,19 @@ def ball_knn(q, bank, k, partition, query_groups, allowed):
     >>> d, i = ball_knn(bank[:2], bank, 1, part, np.zeros(2, int), allowed)
     >>> bool(np.all((i >= 100) & (i < 300)))
     True
+    >>> d1, _, exact = ball_knn(bank[:2], bank, 1, part, np.zeros(2, int), allowed,
+    ...                         max_cells=1, return_exact=True)
+    >>> bool(np.all(d1 >= d - 1e-6))
+    True
     """
     import numba
     import torch
 
     from .ann import _row_distances
 
+    if max_cells is not None and (isinstance(max_cells, bool) or int(max_cells) != max_cells
+                                  or max_cells < 1):
+        raise ValueError(f"max_cells: expected an int >= 1 or None; got {max_cells!r}")
     q = np.ascontiguousarray(q, dtype=np.float32)
     bank = np.asarray(bank, dtype=np.float32)
     query_groups = np.asarray(query_groups, dtype=np.int64)
@@ -473,35 +530,63 @@ def ball_knn(q, bank, k, partition, query_groups, allowed):
     k = int(k)
     dist = np.empty((m, k), np.float32)
     idx = np.empty((m, k), np.int64)
+    exact = np.ones(m, bool)
     if not m:
-        return dist, idx
+        return (dist, idx, exact) if return_exact else (dist, idx)
     compact, search = _ball_kernels()
     rotation, rows, rho = partition["rotation"], partition["rows"], partition["rho"]
     centres = partition["centres"]
     n_cells = len(centres)
-    bank_norm = float(np.sqrt((rows * rows).sum(axis=1).max()))
+    bank_norm = partition.get("norm_max")
+    if bank_norm is None:  # a partition pickled before norm_max
+        bank_norm = float(np.sqrt((rows * rows).sum(axis=1).max()))
+    cap = np.iinfo(np.int64).max if max_cells is None else int(max_cells)
+    # |q - c_j| from one float32 product per query group: the rounding of q.c is at
+    # most gamma_d |q| |c| (gamma_d = d u / (1 - d u), u = 2^-24), so |q - c32_j|^2
+    # lies within 2 gamma_d |q| |c| (4 gamma_d here: a margin) of the float64 value;
+    # rounding the centres to float32 moves them by at most u |c|, which the slack
+    # (1e-4 (|q| + max |b|)) covers with room to spare
+    c32 = np.ascontiguousarray(centres, dtype=np.float32)
+    cn = (c32.astype(np.float64) ** 2).sum(1)
+    c_norm = np.sqrt(cn)
+    d = c32.shape[1]
+    err = 4.0 * d * 2.0 ** -24 / (1.0 - d * 2.0 ** -24)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    for g in np.unique(query_groups):
-        sel = np.flatnonzero(query_groups == g)
-        ok = allowed[g][partition["groups"]]
-        q64 = q[sel].astype(np.float64)
-        # |q - c_j| in float64 (the bounds' rounding stays far below the slack)
-        dq = np.sqrt(np.maximum((q64 * q64).sum(1)[:, None] - 2.0 * q64 @ centres.T
-                                + (centres * centres).sum(1)[None], 0.0))
-        pos, head, rho_a, starts = compact(ok, rows, rho, partition["cell"], n_cells,
-                                           partition["head_dim"])
-        if len(pos) < k:
+    groups = partition["groups"]
+    # buffers for the largest allowed set, reused for every query group
+    per_group = np.bincount(groups, minlength=allowed.shape[1])
+    ug = np.unique(query_groups)
+    size = int((allowed[ug].astype(np.int64) @ per_group[:allowed.shape[1]]).max())
+    buf_rows = np.empty((size, rows.shape[1]), np.float32)
+    buf_pos = np.empty(size, np.int64)
+    buf_rho = np.empty(size, np.float64)
+    buf_starts = np.empty(n_cells + 1, np.int64)
+    buf_max = np.empty(n_cells, np.float64)
+    # one product per query group gives the rotated rows and q.c_j
+    both = np.ascontiguousarray(np.hstack([rotation, c32.T]))
+    by_group = np.argsort(query_groups, kind="stable")
+    bounds = np.searchsorted(query_groups[by_group], ug)
+    for g, s0, s1 in zip(ug, bounds, np.r_[bounds[1:], m]):
+        sel = by_group[s0:s1]
+        n_ok = compact(allowed[g][groups], rows, rho, partition["starts"], buf_rows, buf_pos,
+                       buf_rho, buf_starts, buf_max)
+        if n_ok < k:
             raise ValueError(
-                f"k={k} exceeds the {len(pos)} bank rows allowed for query group {int(g)}")
+                f"k={k} exceeds the {n_ok} bank rows allowed for query group {int(g)}")
         qg = q[sel]
-        slack = 1e-4 * (np.sqrt((q64 * q64).sum(1)) + bank_norm)
+        qn = (qg.astype(np.float64) ** 2).sum(1)
+        qb = qg @ both
+        slack = 1e-4 * (np.sqrt(qn) + bank_norm)
         d_g = np.empty((len(sel), k), np.float32)
         i_g = np.empty((len(sel), k), np.int64)
-        search(np.ascontiguousarray(qg @ rotation), dq, slack, head, rows, pos, rho_a,
-               starts, k, d_g, i_g)
-        i_g = partition["index"][i_g]
+        x_g = np.empty(len(sel), bool)
+        search(np.ascontiguousarray(qb[:, :rotation.shape[1]]), qb[:, rotation.shape[1]:],
+               qn, cn, c_norm, err, slack, buf_rows, buf_rho, buf_starts, buf_max, k, cap,
+               d_g, i_g, x_g)
+        i_g = partition["index"][buf_pos[i_g]]
         d_g = _row_distances(torch.from_numpy(qg), torch.from_numpy(bank), i_g, 1 << 26)
         order = np.argsort(d_g, axis=1, kind="stable")
         dist[sel] = np.take_along_axis(d_g, order, 1)
         idx[sel] = np.take_along_axis(i_g, order, 1)
-    return dist, idx
+        exact[sel] = x_g
+    return (dist, idx, exact) if return_exact else (dist, idx)

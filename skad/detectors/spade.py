@@ -26,18 +26,20 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     compared with every patch of those nearest training images; its score is the
     mean distance to its ``n_pixel_neighbors`` nearest patches.
 
-    The pixel search is exact by default: on the CPU by pruning (``nn_method="pruned"``,
-    :func:`~skad._kernels.refine.ball_knn`: k-means cells of the training patches,
-    skipped or partly read by triangle-inequality bounds and partial distances over the
-    leading principal coordinates; the same distances as the brute-force search to
-    float rounding, several times faster), on CUDA by products (``nn_method="exact"``:
-    every test patch against the ``K * h * w`` patches of its image's nearest training
-    images, several GFLOP per image at the defaults). ``nn_method="cells"`` is
-    PatchCore's approximate search over all training patches restricted to those images
-    (:meth:`~skad._kernels.ann.NeighborIndex.query` with ``allowed``): a miss returns a
-    farther patch of an allowed image, so a pixel can only look more anomalous; it did
-    not make predict faster on bottle and its index makes fit much slower. Speed and
-    recall of each: ``benchmarks/results/issue19_speed.md``.
+    The image score is the image level alone, so ``score_samples``,
+    ``decision_function`` and ``predict`` run no pixel search; ``anomaly_map`` and
+    ``score_and_map`` do. On the CPU the pixel search prunes (``nn_method="pruned"``,
+    :func:`~skad._kernels.refine.ball_knn`): the training patches are split into
+    k-means cells at fit; each test patch visits the cells nearest first, skips a cell
+    or a patch that the triangle inequality rules out, and stops after ``n_probe``
+    cells (default 4; ``n_probe=None`` runs to the exact criterion and gives the
+    brute-force distances to float rounding). On CUDA it is by products
+    (``nn_method="exact"``: every test patch against the ``K * h * w`` patches of its
+    image's nearest training images, several GFLOP per image at the defaults).
+    ``nn_method="cells"`` is PatchCore's approximate search over all training patches
+    restricted to those images (:meth:`~skad._kernels.ann.NeighborIndex.query` with
+    ``allowed``); it did not make predict faster on bottle and its index makes fit
+    much slower. Speed and recall of each: ``benchmarks/results/issue19_speed.md``.
 
     Parameters
     ----------
@@ -79,6 +81,14 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         ``contamination="auto"`` with it.
     nn_method : {"auto", "pruned", "exact", "cells"}, default="auto"
         Pixel-level search (see above); "auto" is "pruned" on the CPU, "exact" on CUDA.
+    n_probe : int or None, default=4
+        With ``nn_method_="pruned"``: at most this many k-means cells visited per test
+        patch (``max_cells`` of :func:`~skad._kernels.refine.ball_knn`; the nearest
+        centre's cell, then by lower bound). A patch whose bounds still admit further
+        cells then keeps the nearest patches among those read, so its distance is never
+        below the exact one (it can only look more anomalous); image scores do not
+        depend on it, and which patches are approximated depends on the cells (seeded
+        by ``random_state``). None: the exact search. Ignored by the other searches.
     random_state : int, RandomState instance or None, default=None
         Seeds the k-means of the "pruned" cells (any seed gives the same distances) and
         of the "cells" index.
@@ -125,6 +135,14 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       images x 120 x 28 x 28, the default features: 79 MB); "pruned" keeps a rotated, sorted copy beside
       them (about as much again, also in a pickle), "cells" their candidate lists
       (each row about 2-4 times more).
+    - What is exact: the image level (image scores, ``predict``, ``offset_``) always;
+      the pixel level with ``n_probe=None`` (or ``nn_method="exact"``). With the
+      default ``n_probe=4`` a test patch's distance is exact when its search ends by
+      the bound before the cap, else an upper bound (``return_exact`` of
+      :func:`~skad._kernels.refine.ball_knn` says which). Its recall (the fraction of
+      patches given their exact nearest patch, distance ratios), the accuracy it moves
+      and its speed against the exact search on bottle: ``doc/detectors.md`` and
+      ``benchmarks/results/issue19_speed.md``.
     - Training scores for ``offset_`` exclude each image from its own neighbours (in
       blind mode: the blind scores of the fitted set, which skip its nearest image).
       Like every memory-bank method, ``score_samples(X_train)`` is therefore higher
@@ -156,6 +174,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         "n_pixel_neighbors": [Interval(Integral, 1, None, closed="left")],
         **BlindModeMixin._exclude_constraints(deprecated_exclude_self=True),
         "nn_method": [StrOptions({"auto", "exact", "pruned", "cells"})],
+        "n_probe": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
         **DeviceMixin._device_constraint,
     }
@@ -170,6 +189,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         calibration="auto",
         false_alarm_rate=None,
         nn_method="auto",
+        n_probe=4,
         random_state=None,
         sigma=4.0,
         device="auto",
@@ -183,6 +203,7 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         self.calibration = calibration
         self.false_alarm_rate = false_alarm_rate
         self.nn_method = nn_method
+        self.n_probe = n_probe
         self.random_state = random_state
         self.sigma = sigma
         self.device = device
@@ -225,6 +246,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
                 state["exclude_"] = "self" if state.get("exclude_self") is True else None
                 state["blind_"] = state["exclude_"] is not None
                 state["n_pixel_neighbors_"] = state["n_pixel_neighbors"]
+        if "n_probe" not in state:  # pickled before the cap on cells
+            state = dict(state, n_probe=None)
         if "train_pooled_" in state and "partition_" not in state:  # before "pruned"
             state = dict(state, partition_=None)
         if "train_patches_" in state and "index_" not in state:
@@ -265,7 +288,8 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
         allowed[np.arange(n)[:, None], nbr] = True
         if self.nn_method_ == "pruned":
             d, _ = ball_knn(patch_rows(X), self.index_.bank_, kappa, self.partition_,
-                            np.repeat(np.arange(n), h * w), allowed)
+                            np.repeat(np.arange(n), h * w), allowed,
+                            max_cells=self.n_probe)
             return image, d.mean(axis=1).reshape(n, h, w).astype(np.float32)
         d, _ = self.index_.query(
             patch_rows(X), kappa, query_groups=np.repeat(np.arange(n), h * w),
@@ -274,6 +298,11 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
 
     def _score(self, X):
         return self._spade_scores(X)
+
+    def _score_images(self, X):
+        # the image score is the image level alone: score_samples, decision_function
+        # and predict need no pixel search
+        return self._image_level(X, exclude_own=False)[0]
 
     def _default_calibration(self, X):
         return "in_sample"  # _offset_scores leave each training image out
