@@ -93,6 +93,22 @@ def cached_features(images, key, **extractor_params):
     return np.load(path)
 
 
+def bottle_timing_setup(threads):
+    """Bottle data, cached default train / test features and a warmed-up extractor (the
+    timed backbone) at ``threads`` torch threads: what the paired predict benchmarks
+    share."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = bottle_data()
+    p = {"n_threads": threads}
+    train = cached_features(data.train_images, "bottle_train", **p)
+    test = cached_features(data.test_images, "bottle_test", **p)
+    ext = _extractor(**p).fit(data.test_images[:1])
+    ext.transform(data.test_images[:2])  # warm-up
+    return data, train, test, ext
+
+
 def backbone_speed(images, n_images=32, repeats=5, **extractor_params):
     """Forward images/s of the extractor (best of ``repeats`` over ``n_images`` images).
 

@@ -39,8 +39,6 @@ def make(name, **kw):
 
 def child(args):
     """One version, one detector: fit, paired rounds, scores and maps to ``args.out``."""
-    import torch
-
     sys.path.insert(0, str(HERE))
     import _common as C  # noqa: E402  (puts this tree's skad first: replaced below)
 
@@ -49,13 +47,7 @@ def child(args):
         del sys.modules[mod]
     import skad
 
-    torch.set_num_threads(args.threads)
-    data = C.bottle_data()
-    p = {"n_threads": args.threads}
-    train = C.cached_features(data.train_images, "bottle_train", **p)
-    test = C.cached_features(data.test_images, "bottle_test", **p)
-    ext = C._extractor(**p).fit(data.test_images[:1])
-    ext.transform(data.test_images[:2])
+    data, train, test, ext = C.bottle_timing_setup(args.threads)
     cal = args.calibration
     if cal is not None and cal not in ("auto", "in_sample", "cv"):
         cal = float(cal)  # a held-out fraction

@@ -38,19 +38,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     command = "python benchmarks/bench_spade_search.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    import torch
 
     from skad._kernels import patch_rows
     from skad._kernels.refine import ball_knn
     from skad.detectors import SPADE
 
-    torch.set_num_threads(args.threads)
-    data = C.bottle_data()
-    p = {"n_threads": args.threads}
-    train = C.cached_features(data.train_images, "bottle_train", **p)
-    test = C.cached_features(data.test_images, "bottle_test", **p)
-    ext = C._extractor(**p).fit(data.test_images[:1])
-    ext.transform(data.test_images[:2])
+    data, train, test, ext = C.bottle_timing_setup(args.threads)
     out_size = data.test_masks.shape[1:]
     det = SPADE(device="cpu", calibration="in_sample", random_state=0).fit(train)
     n, _, h, w = test.shape
