@@ -234,6 +234,15 @@ def test_spade_n_probe_caps_the_pixel_search():
     old.__setstate__(state)
     assert old.n_probe is None
     np.testing.assert_allclose(old.anomaly_map(X_test), m_ex)
+    # a partition pickled before the capped search's sweep tables gains them
+    state = capped.__getstate__()
+    state["partition_"] = {key: v for key, v in state["partition_"].items()
+                           if key not in ("bank_cell", "bank_rho", "group_order",
+                                          "group_starts", "cell_count", "cell_rho_max")}
+    older = SPADE.__new__(SPADE)
+    older.__setstate__(state)
+    assert "bank_cell" in older.partition_
+    np.testing.assert_allclose(older.anomaly_map(X_test), m_cap)
 
 
 def test_patch_outlier_subsampling_and_nested_params():

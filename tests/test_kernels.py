@@ -482,6 +482,49 @@ def test_ball_knn_capped_is_an_upper_bound(k):
             ball_knn(q, bank, k, part, qg, allowed, max_cells=bad)
 
 
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_ball_knn_capped_sweeps(k, monkeypatch):
+    # the capped search's own paths: k above a cell's allowed rows (pass 1 takes more
+    # cells), a cap at or above the cells (exact), query groups in several chunks, one
+    # query group split over several parts, and a partition pickled without its sweep
+    # tables: the same answers every way, never below the exact ones
+    import skad._kernels.refine as refine
+
+    rng = np.random.default_rng(11)
+    bank = (rng.normal(size=(1600, 20)) * np.linspace(2, 0.2, 20)).astype(np.float32)
+    bank[800:830] = bank[770:800]  # ties across groups
+    bg = np.repeat(np.arange(16), 100)
+    q = np.r_[bank[:50] + 0.3 * rng.normal(size=(50, 20)).astype(np.float32),
+              6 * rng.normal(size=(15, 20)).astype(np.float32), bank[770:775]]
+    qg = rng.integers(0, 4, len(q))
+    allowed = rng.random((4, 16)) < 0.4
+    allowed[:, 3] = True
+    ref = _allowed_brute(q, bank, k, qg, bg, allowed)
+    part = ball_partition(bank, bg, n_cells=40, random_state=0)
+    d, i, exact = ball_knn(q, bank, k, part, qg, allowed, max_cells=3, return_exact=True)
+    assert allowed[qg[:, None], bg[i]].all()
+    assert np.all(d >= ref - 1e-5) and np.all(np.diff(d, axis=1) >= 0)
+    np.testing.assert_allclose(d[exact], ref[exact], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(q[:, None] - bank[i], axis=2), d,
+                               rtol=1e-5, atol=1e-5)
+    full, _, full_exact = ball_knn(q, bank, k, part, qg, allowed, max_cells=40,
+                                   return_exact=True)
+    assert full_exact.all()
+    np.testing.assert_allclose(full, ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(refine, "CAPPED_ROWS", 7)  # a few query groups per chunk
+    old = {key: v for key, v in part.items() if key not in refine._sweep_tables(part)}
+    for p_ in (part, old):
+        d2, i2, x2 = ball_knn(q, bank, k, p_, qg, allowed, max_cells=3, return_exact=True)
+        np.testing.assert_allclose(d2, d, rtol=1e-6)
+        np.testing.assert_array_equal(x2, exact)
+    # one query group: its allowed groups split over the parts
+    one = ball_knn(q, bank, k, part, np.zeros(len(q), int), allowed[3:], max_cells=3)[0]
+    assert np.all(one >= _allowed_brute(q, bank, k, np.zeros(len(q), int), bg,
+                                        allowed[3:]) - 1e-5)
+    with pytest.raises(ValueError, match="allowed: expected shape"):
+        ball_knn(q, bank, k, part, qg, allowed[:, :5], max_cells=3)
+
+
 def test_ball_knn_edge_cases():
     rng = np.random.default_rng(8)
     bank = rng.normal(size=(50, 4)).astype(np.float32)

@@ -293,11 +293,38 @@ def ball_partition(bank, groups, *, n_cells=None, random_state=None):
     rows = np.empty((n, d + pad), np.float32)
     for s in range(0, n, 65536):
         rows[s:s + 65536] = bank[index[s:s + 65536]] @ rotation
-    cell = cell[index]
-    return {"rotation": rotation, "rows": rows, "index": index, "groups": groups[index],
-            "cell": cell.astype(np.int64), "rho": rho[index],
-            "starts": np.searchsorted(cell, np.arange(n_cells + 1)).astype(np.int64),
+    part = {"rotation": rotation, "rows": rows, "index": index, "groups": groups[index],
+            "cell": cell[index].astype(np.int64), "rho": rho[index],
+            "starts": np.searchsorted(cell[index], np.arange(n_cells + 1)).astype(np.int64),
             "centres": centres, "norm_max": norm_max}
+    part.update(_sweep_tables(part))
+    return part
+
+
+def _sweep_tables(part):
+    """What the capped search of :func:`ball_knn` reads beside the bank: each bank row's
+    cell and ``rho`` (in the bank's order), the bank rows by group (``group_order``,
+    ``group_starts``) and, per (cell, group), the row count and the largest ``rho``
+    (-inf: none)."""
+    index, cell, groups, rho = part["index"], part["cell"], part["groups"], part["rho"]
+    n = len(index)
+    n_cells = len(part["centres"])
+    n_groups = int(groups.max()) + 1 if n else 0
+    bank_cell = np.empty(n, np.int32)
+    bank_cell[index] = cell
+    bank_rho = np.empty(n, np.float64)
+    bank_rho[index] = rho
+    bank_groups = np.empty(n, np.int64)
+    bank_groups[index] = groups
+    order = np.argsort(bank_groups, kind="stable")
+    count = np.zeros((n_cells, n_groups), np.int32)
+    np.add.at(count, (cell, groups), 1)
+    rho_max = np.full((n_cells, n_groups), -np.inf)
+    np.maximum.at(rho_max, (cell, groups), rho)
+    return {"bank_cell": bank_cell, "bank_rho": bank_rho, "group_order": order,
+            "group_starts": np.searchsorted(bank_groups[order],
+                                            np.arange(n_groups + 1)).astype(np.int64),
+            "cell_count": count, "cell_rho_max": rho_max}
 
 
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -374,8 +401,8 @@ def _ball_kernels():
                 bidx[x] = p
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def search(q, prod, qn, cn, c_norm, err, slack, rows, rho, starts, rho_max, k, max_cells,
-               out_d, out_i, out_x):
+    def search(q, prod, qn, cn, c_norm, err, slack, rows, rho, starts, rho_max, k, out_d, out_i):
+        # the exact search, query by query (max_cells=None)
         m = q.shape[0]
         n_cells = starts.shape[0] - 1
         for i in prange(m):
@@ -411,8 +438,7 @@ def _ball_kernels():
                 done[near] = True
                 visited += 1
             # then the cells the bound cannot rule out: |q - b| >= |q - c_j| - rho_b
-            # >= sqrt(d2_j - e_j) - (largest rho in the cell), nearest bound first, at
-            # most max_cells in all
+            # >= sqrt(d2_j - e_j) - (largest rho in the cell), nearest bound first
             bound = best[k - 1] + slack[i]
             n_cand = 0
             cand = np.empty(n_cells, np.int64)
@@ -425,7 +451,6 @@ def _ball_kernels():
             for t in range(n_cand):
                 j = cand[t]
                 lower[t] = np.sqrt(max(d2[j] - e[j], 0.0)) - rho_max[j]
-            exact = True
             for _ in range(n_cand):  # the smallest remaining bound (few are taken)
                 t = 0
                 for u in range(1, n_cand):
@@ -433,19 +458,160 @@ def _ball_kernels():
                         t = u
                 if lower[t] > best[k - 1] + slack[i]:
                     break  # every further cell is farther
-                if visited >= max_cells:
-                    exact = False
-                    break
                 lower[t] = np.inf
                 j = cand[t]
                 scan(q[i], np.sqrt(max(d2[j] - e[j], 0.0)), np.sqrt(d2[j] + e[j]),
                      slack[i], rows, rho, starts[j], starts[j + 1], best, bidx)
-                visited += 1
             out_d[i] = best
             out_i[i] = bidx
-            out_x[i] = exact
 
-    _BALL = (compact, search)
+    # the capped search (max_cells): each query's cells are chosen first (the nearest
+    # centres' cells, pass 1; then by bound, pass 2), then the bank is read group by group
+    # and each row is measured against the queries that visit its cell ("sweeps"), so the
+    # allowed rows are read once per pass, not copied per query group
+
+    @njit(inline="always")
+    def listed(cells, n, j):
+        for u in range(n):
+            if cells[u] == j:
+                return True
+        return False
+
+    @njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    def first_cells(prod, qn, cn, c_norm, err, qgi, count, k, cells, lo, hi, n_vis):
+        # pass 1: the nearest centre's cell with allowed rows, then the next nearest until
+        # the cells hold k allowed rows; |q - c| lies in [lo, hi] (see ball_knn)
+        m, n_cells = prod.shape
+        for i in prange(m):
+            g = qgi[i]
+            rows = 0
+            t = 0
+            while rows < k:
+                near = -1
+                dmin = np.inf
+                for j in range(n_cells):
+                    if count[g, j] > 0:
+                        d2 = qn[i] + cn[j] - 2.0 * prod[i, j]
+                        if d2 < dmin and not listed(cells[i], t, j):
+                            dmin = d2
+                            near = j
+                e = err * np.sqrt(qn[i]) * c_norm[near]
+                cells[i, t] = near
+                lo[i, t] = np.sqrt(max(dmin - e, 0.0))
+                hi[i, t] = np.sqrt(max(dmin + e, 0.0))
+                rows += count[g, near]
+                t += 1
+            n_vis[i] = t
+
+    @njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    def more_cells(prod, qn, cn, c_norm, err, slack, qgi, count, rho_max, first, n_first, kth,
+                   max_cells, cells, lo, hi, n_vis, next_lower):
+        # pass 2: the cells whose bound |q - c_j| - (largest allowed rho) is within the k-th
+        # distance of pass 1 (+ slack), smallest bound first, max_cells in all with pass 1;
+        # next_lower: the smallest bound of the admitted cells left out (inf: none)
+        m, n_cells = prod.shape
+        for i in prange(m):
+            g = qgi[i]
+            u = kth[i] + slack[i]
+            e0 = err * np.sqrt(qn[i])
+            lower = np.full(n_cells, np.inf)
+            n_cand = 0
+            for j in range(n_cells):
+                if count[g, j] > 0 and not listed(first[i], n_first[i], j):
+                    d2 = qn[i] + cn[j] - 2.0 * prod[i, j] - e0 * c_norm[j]
+                    r = u + rho_max[g, j]
+                    if d2 <= r * r:
+                        lower[j] = np.sqrt(max(d2, 0.0)) - rho_max[g, j]
+                        n_cand += 1
+            room = max(max_cells - n_first[i], 0)
+            t = 0
+            if n_cand <= room:
+                for j in range(n_cells):
+                    if lower[j] < np.inf:
+                        cells[i, t] = j
+                        t += 1
+                next_lower[i] = np.inf
+            else:
+                for _ in range(room):  # the smallest bounds (few are taken)
+                    jj = 0
+                    for j in range(1, n_cells):
+                        if lower[j] < lower[jj]:
+                            jj = j
+                    cells[i, t] = jj
+                    lower[jj] = np.inf
+                    t += 1
+                next_lower[i] = lower.min()
+            n_vis[i] = t
+            for v in range(t):
+                j = cells[i, v]
+                d2 = qn[i] + cn[j] - 2.0 * prod[i, j]
+                e = e0 * c_norm[j]
+                lo[i, v] = np.sqrt(max(d2 - e, 0.0))
+                hi[i, v] = np.sqrt(max(d2 + e, 0.0))
+
+    @njit(cache=True)
+    def visitors(qstart, cells, lo, hi, n_vis, n_cells, vstart, vlist, vlo, vhi):
+        # per query group, the queries visiting each cell (CSR: vstart (groups, cells + 1)
+        # into vlist, with their [lo, hi])
+        at = 0
+        for g in range(qstart.shape[0] - 1):
+            vstart[g, :] = 0
+            for i in range(qstart[g], qstart[g + 1]):
+                for v in range(n_vis[i]):
+                    vstart[g, cells[i, v] + 1] += 1
+            vstart[g, 0] = at
+            for j in range(n_cells):
+                vstart[g, j + 1] += vstart[g, j]
+            fill = vstart[g, :n_cells].copy()
+            for i in range(qstart[g], qstart[g + 1]):
+                for v in range(n_vis[i]):
+                    j = cells[i, v]
+                    vlist[fill[j]] = i
+                    vlo[fill[j]] = lo[i, v]
+                    vhi[fill[j]] = hi[i, v]
+                    fill[j] += 1
+            at = vstart[g, n_cells]
+
+    @njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    def sweep(q, bank, order, gstart, bank_cell, bank_rho, hs, hstart, hgrp, pstart, vstart,
+              vlist, vlo, vhi, slack, best, bidx, bound):
+        # part t reads the bank groups hs[pstart[t]:pstart[t + 1]], each group's rows once
+        # per query group allowing it (hgrp; the rows stay in cache), and measures each row
+        # against the queries visiting its cell whose bound | |q - c| - rho | does not rule
+        # it out; best / bidx (squared distances) and bound (the k-th distance + slack) are
+        # the part's own
+        k = best.shape[2]
+        d = q.shape[1]
+        for t in prange(pstart.shape[0] - 1):
+            for a in range(pstart[t], pstart[t + 1]):
+                h = hs[a]
+                for b in range(hstart[a], hstart[a + 1]):
+                    g = hgrp[b]
+                    for p in range(gstart[h], gstart[h + 1]):
+                        r = order[p]
+                        j = bank_cell[r]
+                        rr = bank_rho[r]
+                        for s in range(vstart[g, j], vstart[g, j + 1]):
+                            i = vlist[s]
+                            u = bound[t, i]
+                            if rr > vhi[s] + u or rr < vlo[s] - u:
+                                continue
+                            acc = np.float32(0.0)
+                            for c in range(d):  # one pass (vectorised)
+                                x = q[i, c] - bank[r, c]
+                                acc += x * x
+                            if acc < best[t, i, k - 1]:
+                                x = k - 1
+                                while x > 0 and best[t, i, x - 1] > acc:
+                                    best[t, i, x] = best[t, i, x - 1]
+                                    bidx[t, i, x] = bidx[t, i, x - 1]
+                                    x -= 1
+                                best[t, i, x] = acc
+                                bidx[t, i, x] = r
+                                bound[t, i] = min(bound[t, i],
+                                                  np.sqrt(best[t, i, k - 1]) + slack[i])
+
+    _BALL = (compact, search, first_cells, more_cells, visitors, sweep)
     return _BALL
 
 
@@ -464,11 +630,21 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
     exceeds the current ``k``-th distance, a row only when ``| |q - c_j| - rho_b |``
     does. Cells are visited nearest bound first, so the ``k``-th distance falls fast
     and most of the bank is never read. The bounds carry a slack of
-    ``1e-4 (|q| + max |b|)`` for float rounding; the distances of the rows returned
-    are measured again in the original basis, ``||q - b||``.
+    ``1e-4 (|q| + max |b|)`` for float rounding. The exact search copies the allowed
+    rows of each query group into contiguous buffers (cell by cell), which each query's
+    scans then read in order; the distances of the rows returned are measured again
+    in the original basis, ``||q - b||``.
 
-    The allowed rows of each query group are first copied into contiguous buffers
-    (cell by cell), which the scans then read in order.
+    With ``max_cells`` each query's cells are chosen before any row is read, in two
+    passes: first the nearest centre's cell (and the next nearest until they hold
+    ``k`` allowed rows), then, from the ``k``-th distance found there, the cells whose
+    bound does not rule them out, smallest bound first, ``max_cells`` cells in all.
+    Each pass reads the bank group by group (each allowed group's rows once per query
+    group, while they are in cache) and measures a row against the queries visiting
+    its cell that its ``rho`` does not rule out, so the allowed rows are neither
+    copied nor read once per query. A query whose bound still admits a cell left out
+    keeps the nearest rows among those read: its distances are never below the exact
+    ones (``return_exact`` says which queries are exact).
 
     Parameters
     ----------
@@ -483,12 +659,11 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
     allowed : ndarray of bool, shape (n_query_groups, n_bank_groups)
         Every query group must allow at least ``k`` bank rows.
     max_cells : int or None, default=None
-        At most this many cells visited per query (the nearest centre's first, then by
-        lower bound): a query whose bound still admits further cells stops there and
-        returns the ``k`` nearest rows among those it read, so its distances are never
-        below the exact ones (approximate, see ``return_exact``). None: exact.
+        At most this many cells per query (the nearest centre's first, then by lower
+        bound; more only where the nearest centres' cells hold fewer than ``k`` allowed
+        rows): approximate, see above. None: exact.
     return_exact : bool, default=False
-        Also return, per query, whether its search ended by the exact criterion
+        Also return, per query, whether no cell its final bound admits was left out
         (always True with ``max_cells=None``).
 
     Returns
@@ -517,76 +692,170 @@ def ball_knn(q, bank, k, partition, query_groups, allowed, *, max_cells=None,
     import numba
     import torch
 
-    from .ann import _row_distances
-
     if max_cells is not None and (isinstance(max_cells, bool) or int(max_cells) != max_cells
                                   or max_cells < 1):
         raise ValueError(f"max_cells: expected an int >= 1 or None; got {max_cells!r}")
     q = np.ascontiguousarray(q, dtype=np.float32)
-    bank = np.asarray(bank, dtype=np.float32)
+    bank = np.ascontiguousarray(bank, dtype=np.float32)
     query_groups = np.asarray(query_groups, dtype=np.int64)
     allowed = np.asarray(allowed, dtype=bool)
     m = len(q)
     k = int(k)
+    n_groups = int(partition["groups"].max()) + 1 if len(partition["groups"]) else 0
+    if allowed.ndim != 2 or allowed.shape[1] < n_groups:
+        raise ValueError(f"allowed: expected shape (n_query_groups, >= {n_groups}) (the "
+                         f"partition's bank groups); got {allowed.shape}")
     dist = np.empty((m, k), np.float32)
     idx = np.empty((m, k), np.int64)
     exact = np.ones(m, bool)
     if not m:
         return (dist, idx, exact) if return_exact else (dist, idx)
-    compact, search = _ball_kernels()
-    rotation, rows, rho = partition["rotation"], partition["rows"], partition["rho"]
-    centres = partition["centres"]
-    n_cells = len(centres)
-    bank_norm = partition.get("norm_max")
-    if bank_norm is None:  # a partition pickled before norm_max
-        bank_norm = float(np.sqrt((rows * rows).sum(axis=1).max()))
-    cap = np.iinfo(np.int64).max if max_cells is None else int(max_cells)
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     # |q - c_j| from one float32 product per query group: the rounding of q.c is at
     # most gamma_d |q| |c| (gamma_d = d u / (1 - d u), u = 2^-24), so |q - c32_j|^2
     # lies within 2 gamma_d |q| |c| (4 gamma_d here: a margin) of the float64 value;
     # rounding the centres to float32 moves them by at most u |c|, which the slack
     # (1e-4 (|q| + max |b|)) covers with room to spare
+    centres = partition["centres"]
     c32 = np.ascontiguousarray(centres, dtype=np.float32)
     cn = (c32.astype(np.float64) ** 2).sum(1)
-    c_norm = np.sqrt(cn)
-    d = c32.shape[1]
-    err = 4.0 * d * 2.0 ** -24 / (1.0 - d * 2.0 ** -24)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    groups = partition["groups"]
-    # buffers for the largest allowed set, reused for every query group
-    per_group = np.bincount(groups, minlength=allowed.shape[1])
-    ug = np.unique(query_groups)
-    size = int((allowed[ug].astype(np.int64) @ per_group[:allowed.shape[1]]).max())
-    buf_rows = np.empty((size, rows.shape[1]), np.float32)
-    buf_pos = np.empty(size, np.int64)
-    buf_rho = np.empty(size, np.float64)
-    buf_starts = np.empty(n_cells + 1, np.int64)
-    buf_max = np.empty(n_cells, np.float64)
-    # one product per query group gives the rotated rows and q.c_j
-    both = np.ascontiguousarray(np.hstack([rotation, c32.T]))
+    err = 4.0 * c32.shape[1] * 2.0 ** -24 / (1.0 - c32.shape[1] * 2.0 ** -24)
+    bank_norm = partition.get("norm_max")
+    if bank_norm is None:  # a partition pickled before norm_max
+        rows = partition["rows"]
+        bank_norm = float(np.sqrt((rows * rows).sum(axis=1).max()))
     by_group = np.argsort(query_groups, kind="stable")
-    bounds = np.searchsorted(query_groups[by_group], ug)
-    for g, s0, s1 in zip(ug, bounds, np.r_[bounds[1:], m]):
-        sel = by_group[s0:s1]
-        n_ok = compact(allowed[g][groups], rows, rho, partition["starts"], buf_rows, buf_pos,
-                       buf_rho, buf_starts, buf_max)
-        if n_ok < k:
-            raise ValueError(
-                f"k={k} exceeds the {n_ok} bank rows allowed for query group {int(g)}")
-        qg = q[sel]
-        qn = (qg.astype(np.float64) ** 2).sum(1)
-        qb = qg @ both
-        slack = 1e-4 * (np.sqrt(qn) + bank_norm)
-        d_g = np.empty((len(sel), k), np.float32)
-        i_g = np.empty((len(sel), k), np.int64)
-        x_g = np.empty(len(sel), bool)
-        search(np.ascontiguousarray(qb[:, :rotation.shape[1]]), qb[:, rotation.shape[1]:],
-               qn, cn, c_norm, err, slack, buf_rows, buf_rho, buf_starts, buf_max, k, cap,
-               d_g, i_g, x_g)
-        i_g = partition["index"][buf_pos[i_g]]
-        d_g = _row_distances(torch.from_numpy(qg), torch.from_numpy(bank), i_g, 1 << 26)
-        order = np.argsort(d_g, axis=1, kind="stable")
-        dist[sel] = np.take_along_axis(d_g, order, 1)
-        idx[sel] = np.take_along_axis(i_g, order, 1)
-        exact[sel] = x_g
+    ug, first = np.unique(query_groups[by_group], return_index=True)
+    bounds = np.r_[first, m].astype(np.int64)
+    per_group = np.bincount(partition["groups"], minlength=allowed.shape[1])
+    n_ok = allowed[ug].astype(np.int64) @ per_group
+    if n_ok.min() < k:
+        g = int(np.argmin(n_ok))
+        raise ValueError(
+            f"k={k} exceeds the {int(n_ok[g])} bank rows allowed for query group {int(ug[g])}")
+    ctx = dict(bank=bank, k=k, partition=partition, allowed=allowed, c32=c32, cn=cn, err=err,
+               bank_norm=bank_norm)
+    if max_cells is None:  # buffers for the largest allowed set, reused for every group
+        run, step = _exact_group, 1
+        size, n_cells = int(n_ok.max()), len(c32)
+        ctx["buffers"] = (np.empty((size, partition["rows"].shape[1]), np.float32),
+                          np.empty(size, np.int64), np.empty(size, np.float64),
+                          np.empty(n_cells + 1, np.int64), np.empty(n_cells, np.float64))
+    else:  # query groups in chunks of about CAPPED_ROWS rows (its products and lists)
+        run = _capped_groups
+        step = max(1, int(CAPPED_ROWS // max(1, m / len(ug))))
+        ctx["max_cells"] = int(max_cells)
+    for c in range(0, len(ug), step):
+        sel = by_group[bounds[c]:bounds[min(c + step, len(ug))]]
+        dist[sel], idx[sel], exact[sel] = run(q[sel], query_groups[sel], ug[c:c + step], **ctx)
     return (dist, idx, exact) if return_exact else (dist, idx)
+
+
+#: query rows per chunk of the capped search of :func:`ball_knn`
+CAPPED_ROWS = 16384
+
+
+def _centre_products(q, c32):
+    # in torch: numpy's OpenBLAS threads spin for a while after a product, taking the
+    # cores from the numba loops that follow
+    import torch
+
+    return (torch.from_numpy(q) @ torch.from_numpy(c32).T).numpy()
+
+
+def _exact_group(q, qg, ug, *, bank, k, partition, allowed, c32, cn, err, bank_norm,
+                 buffers):
+    """:func:`ball_knn`'s exact search for the queries ``q`` of one group ``ug[0]``."""
+    import torch
+
+    from .ann import _row_distances
+
+    compact, search = _ball_kernels()[:2]
+    rotation, rows = partition["rotation"], partition["rows"]
+    buf_rows, buf_pos, buf_rho, buf_starts, buf_max = buffers
+    compact(allowed[ug[0]][partition["groups"]], rows, partition["rho"], partition["starts"],
+            buf_rows, buf_pos, buf_rho, buf_starts, buf_max)
+    qn = (q.astype(np.float64) ** 2).sum(1)
+    # one product gives the rotated rows and q.c_j
+    qb = _centre_products(q, np.ascontiguousarray(np.vstack([rotation.T, c32])))
+    slack = 1e-4 * (np.sqrt(qn) + bank_norm)
+    d_g = np.empty((len(q), k), np.float32)
+    i_g = np.empty((len(q), k), np.int64)
+    search(np.ascontiguousarray(qb[:, :rotation.shape[1]]), qb[:, rotation.shape[1]:], qn, cn,
+           np.sqrt(cn), err, slack, buf_rows, buf_rho, buf_starts, buf_max, k, d_g, i_g)
+    i_g = partition["index"][buf_pos[i_g]]
+    d_g = _row_distances(torch.from_numpy(q), torch.from_numpy(bank), i_g, 1 << 26)
+    order = np.argsort(d_g, axis=1, kind="stable")
+    return (np.take_along_axis(d_g, order, 1), np.take_along_axis(i_g, order, 1),
+            np.ones(len(q), bool))
+
+
+def _capped_groups(q, qg, ug, *, bank, k, partition, allowed, c32, cn, err, bank_norm,
+                   max_cells):
+    """:func:`ball_knn`'s capped search for the queries ``q`` of the groups ``ug``."""
+    import numba
+
+    kern = _ball_kernels()
+    first_cells, more_cells, visitors, sweep = kern[2:]
+    tables = partition if "bank_cell" in partition else _sweep_tables(partition)
+    order, gstart = tables["group_order"], tables["group_starts"]
+    m = len(q)
+    n_cells = len(c32)
+    G = len(ug)
+    qstart = np.r_[0, np.cumsum(np.bincount(np.searchsorted(ug, qg), minlength=G))]
+    qgi = np.repeat(np.arange(G), np.diff(qstart))  # q is sorted by group
+    ok = allowed[ug][:, :tables["cell_count"].shape[1]]
+    count = np.ascontiguousarray(ok.astype(np.int32) @ tables["cell_count"].T)  # (G, cells)
+    rho_max = np.empty((G, n_cells))
+    for g in range(G):
+        rho_max[g] = tables["cell_rho_max"][:, ok[g]].max(axis=1)
+    # the bank groups some query group allows, each with the query groups allowing it,
+    # cut into parts of about equal work (rows x query groups), two per thread
+    hs = np.flatnonzero(ok.any(axis=0))
+    by_h = ok[:, hs].T
+    hgrp = np.nonzero(by_h)[1].astype(np.int64)
+    hstart = np.r_[0, np.cumsum(by_h.sum(axis=1))].astype(np.int64)
+    n_parts = max(1, min(len(hs), 2 * numba.get_num_threads()))
+    work = np.cumsum(by_h.sum(axis=1) * np.diff(gstart)[hs])
+    pstart = np.r_[0, np.searchsorted(work, work[-1] * np.arange(1, n_parts) / n_parts),
+                   len(hs)].astype(np.int64)
+    qn = (q.astype(np.float64) ** 2).sum(1)
+    prod = _centre_products(q, c32)
+    c_norm = np.sqrt(cn)
+    slack = 1e-4 * (np.sqrt(qn) + bank_norm)
+    vstart = np.empty((G, n_cells + 1), np.int64)
+    best = np.full((n_parts, m, k), np.inf, np.float32)
+    bidx = np.full((n_parts, m, k), -1, np.int64)
+    bound = np.full((n_parts, m), np.inf)
+    hs = hs.astype(np.int64)
+
+    def run(cells, lo, hi, n_vis):
+        total = int(n_vis.sum())
+        vlist, vlo, vhi = np.empty(total, np.int64), np.empty(total), np.empty(total)
+        visitors(qstart, cells, lo, hi, n_vis, n_cells, vstart, vlist, vlo, vhi)
+        sweep(q, bank, order, gstart, tables["bank_cell"], tables["bank_rho"], hs, hstart,
+              hgrp, pstart, vstart, vlist, vlo, vhi, slack, best, bidx, bound)
+        if n_parts > 1:  # the parts' k nearest into part 0
+            b = best.transpose(1, 0, 2).reshape(m, -1)
+            pick = np.argsort(b, axis=1, kind="stable")[:, :k]
+            best[0] = np.take_along_axis(b, pick, 1)
+            bidx[0] = np.take_along_axis(bidx.transpose(1, 0, 2).reshape(m, -1), pick, 1)
+            best[1:] = np.inf
+            bidx[1:] = -1
+
+    width = min(n_cells, k)
+    cells1, n1 = np.empty((m, width), np.int32), np.empty(m, np.int64)
+    lo, hi = np.empty((m, width)), np.empty((m, width))
+    first_cells(prod, qn, cn, c_norm, err, qgi, count, k, cells1, lo, hi, n1)
+    run(cells1, lo, hi, n1)
+    kth = np.sqrt(best[0, :, k - 1].astype(np.float64))
+    width = min(n_cells, max_cells)
+    cells2, n2 = np.empty((m, width), np.int32), np.empty(m, np.int64)
+    lo, hi = np.empty((m, width)), np.empty((m, width))
+    next_lower = np.empty(m)
+    more_cells(prod, qn, cn, c_norm, err, slack, qgi, count, rho_max, cells1, n1, kth,
+               max_cells, cells2, lo, hi, n2, next_lower)
+    bound[:] = (kth + slack)[None]
+    run(cells2, lo, hi, n2)
+    d = np.sqrt(best[0])
+    return d, bidx[0].copy(), next_lower > d[:, k - 1] + slack

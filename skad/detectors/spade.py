@@ -9,7 +9,7 @@ import numpy as np
 from .._kernels import patch_rows
 from .._kernels.ann import build_index
 from .._kernels.knn import knn_search
-from .._kernels.refine import ball_knn, ball_partition
+from .._kernels.refine import _sweep_tables, ball_knn, ball_partition
 from ..utils._sklearn_compat import Interval, StrOptions
 from ._base import BaseDetector, BlindModeMixin, PatchDetectorMixin, clip_to_data
 from ._device import DeviceMixin
@@ -250,6 +250,9 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
             state = dict(state, n_probe=None)
         if "train_pooled_" in state and "partition_" not in state:  # before "pruned"
             state = dict(state, partition_=None)
+        part = state.get("partition_")
+        if part is not None and "bank_cell" not in part:  # before the capped search's sweeps
+            state = dict(state, partition_={**part, **_sweep_tables(part)})
         if "train_patches_" in state and "index_" not in state:
             # pickled before the index: the exact search over the stored patches
             state = dict(state, nn_method="exact", random_state=None)
