@@ -514,34 +514,36 @@ def _ball_kernels():
             g = qgi[i]
             u = kth[i] + slack[i]
             e0 = err * np.sqrt(qn[i])
-            lower = np.full(n_cells, np.inf)
-            n_cand = 0
-            for j in range(n_cells):
-                if count[g, j] > 0 and not listed(first[i], n_first[i], j):
-                    d2 = qn[i] + cn[j] - 2.0 * prod[i, j] - e0 * c_norm[j]
-                    r = u + rho_max[g, j]
-                    if d2 <= r * r:
-                        lower[j] = np.sqrt(max(d2, 0.0)) - rho_max[g, j]
-                        n_cand += 1
             room = max(max_cells - n_first[i], 0)
+            # the admitted cells' bounds, the room smallest kept sorted in cells / lower
+            lower = np.empty(room + 1)
             t = 0
-            if n_cand <= room:
-                for j in range(n_cells):
-                    if lower[j] < np.inf:
-                        cells[i, t] = j
-                        t += 1
-                next_lower[i] = np.inf
-            else:
-                for _ in range(room):  # the smallest bounds (few are taken)
-                    jj = 0
-                    for j in range(1, n_cells):
-                        if lower[j] < lower[jj]:
-                            jj = j
-                    cells[i, t] = jj
-                    lower[jj] = np.inf
-                    t += 1
-                next_lower[i] = lower.min()
+            nxt = np.inf
+            for j in range(n_cells):
+                if count[g, j] == 0:
+                    continue
+                d2 = qn[i] + cn[j] - 2.0 * prod[i, j] - e0 * c_norm[j]
+                r = u + rho_max[g, j]
+                if d2 > r * r or listed(first[i], n_first[i], j):
+                    continue
+                b = np.sqrt(max(d2, 0.0)) - rho_max[g, j]
+                x = t
+                while x > 0 and lower[x - 1] > b:
+                    x -= 1
+                if x == room:  # not among the room smallest
+                    nxt = min(nxt, b)
+                    continue
+                if t == room:  # the largest kept makes way
+                    nxt = min(nxt, lower[t - 1])
+                    t -= 1
+                for y in range(t, x, -1):
+                    lower[y] = lower[y - 1]
+                    cells[i, y] = cells[i, y - 1]
+                lower[x] = b
+                cells[i, x] = j
+                t += 1
             n_vis[i] = t
+            next_lower[i] = nxt
             for v in range(t):
                 j = cells[i, v]
                 d2 = qn[i] + cn[j] - 2.0 * prod[i, j]
@@ -578,8 +580,9 @@ def _ball_kernels():
         # part t reads the bank groups hs[pstart[t]:pstart[t + 1]], each group's rows once
         # per query group allowing it (hgrp; the rows stay in cache), and measures each row
         # against the queries visiting its cell whose bound | |q - c| - rho | does not rule
-        # it out; best / bidx (squared distances) and bound (the k-th distance + slack) are
-        # the part's own
+        # it out; best / bidx (squared distances) are the part's own, bound (a k-th
+        # distance + slack) is shared: any part's k-th distance bounds the final one, and a
+        # racing write can only leave a larger, still valid, bound
         k = best.shape[2]
         d = q.shape[1]
         for t in prange(pstart.shape[0] - 1):
@@ -593,7 +596,7 @@ def _ball_kernels():
                         rr = bank_rho[r]
                         for s in range(vstart[g, j], vstart[g, j + 1]):
                             i = vlist[s]
-                            u = bound[t, i]
+                            u = bound[i]
                             if rr > vhi[s] + u or rr < vlo[s] - u:
                                 continue
                             acc = np.float32(0.0)
@@ -608,8 +611,7 @@ def _ball_kernels():
                                     x -= 1
                                 best[t, i, x] = acc
                                 bidx[t, i, x] = r
-                                bound[t, i] = min(bound[t, i],
-                                                  np.sqrt(best[t, i, k - 1]) + slack[i])
+                                bound[i] = min(bound[i], np.sqrt(best[t, i, k - 1]) + slack[i])
 
     _BALL = (compact, search, first_cells, more_cells, visitors, sweep)
     return _BALL
@@ -826,7 +828,7 @@ def _capped_groups(q, qg, ug, *, bank, k, partition, allowed, c32, cn, err, bank
     vstart = np.empty((G, n_cells + 1), np.int64)
     best = np.full((n_parts, m, k), np.inf, np.float32)
     bidx = np.full((n_parts, m, k), -1, np.int64)
-    bound = np.full((n_parts, m), np.inf)
+    bound = np.full(m, np.inf)
     hs = hs.astype(np.int64)
 
     def run(cells, lo, hi, n_vis):
@@ -855,7 +857,7 @@ def _capped_groups(q, qg, ug, *, bank, k, partition, allowed, c32, cn, err, bank
     next_lower = np.empty(m)
     more_cells(prod, qn, cn, c_norm, err, slack, qgi, count, rho_max, cells1, n1, kth,
                max_cells, cells2, lo, hi, n2, next_lower)
-    bound[:] = (kth + slack)[None]
+    bound[:] = kth + slack
     run(cells2, lo, hi, n2)
     d = np.sqrt(best[0])
     return d, bidx[0].copy(), next_lower > d[:, k - 1] + slack
