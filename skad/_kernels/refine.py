@@ -26,7 +26,11 @@ by k-means cell and distance to the cell's centre once; a query then visits cell
 nearest first, skips those that the triangle inequality rules out, and measures only
 the rows whose bound (from their distance to the centre) is within its current
 ``k``-th distance; optionally at most ``max_cells`` cells per row (approximate: the
-distances returned are never below the exact ones). The loops are compiled with numba.
+distances returned are never below the exact ones). The exact search copies each query
+group's allowed rows into contiguous buffers; the capped one chooses every query's cells
+first and then reads the bank group by group, measuring each row against the queries
+that visit its cell (no copy, each allowed row read once per pass). The loops are
+compiled with numba.
 """
 
 from __future__ import annotations
@@ -257,8 +261,11 @@ def ball_partition(bank, groups, *, n_cells=None, random_state=None):
         rotated rows in sorted order), ``index`` (each sorted row's row in ``bank``),
         ``groups``, ``cell``, ``rho`` (float64) and ``starts`` (``(n_cells + 1,)``: the
         cells' ranges) of the sorted rows, ``centres`` ``(n_cells, d)`` float64,
-        ``norm_max`` (the largest row norm, for the rounding slack).
-        Memory: about ``4 n (d' + 6)`` bytes, the bank's size again.
+        ``norm_max`` (the largest row norm, for the rounding slack); for the capped
+        search of :func:`ball_knn`, in the bank's order, ``bank_cell`` and ``bank_rho``,
+        ``group_order`` / ``group_starts`` (the bank rows by group), and per (cell,
+        group) ``cell_count`` and ``cell_rho_max``.
+        Memory: about ``4 n (d' + 11)`` bytes, the bank's size again.
     """
     from sklearn.utils import check_random_state
 

@@ -30,10 +30,11 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
     ``decision_function`` and ``predict`` run no pixel search; ``anomaly_map`` and
     ``score_and_map`` do. On the CPU the pixel search prunes (``nn_method="pruned"``,
     :func:`~skad._kernels.refine.ball_knn`): the training patches are split into
-    k-means cells at fit; each test patch visits the cells nearest first, skips a cell
-    or a patch that the triangle inequality rules out, and stops after ``n_probe``
-    cells (default 4; ``n_probe=None`` runs to the exact criterion and gives the
-    brute-force distances to float rounding). On CUDA it is by products
+    k-means cells at fit; each test patch visits the nearest centre's cell, then the
+    cells that the triangle inequality does not rule out, smallest bound first, at most
+    ``n_probe`` cells in all (default 4), and skips the patches of a cell that the
+    inequality rules out; ``n_probe=None`` runs to the exact criterion and gives the
+    brute-force distances to float rounding. On CUDA it is by products
     (``nn_method="exact"``: every test patch against the ``K * h * w`` patches of its
     image's nearest training images, several GFLOP per image at the defaults).
     ``nn_method="cells"`` is PatchCore's approximate search over all training patches
@@ -132,13 +133,14 @@ class SPADE(BlindModeMixin, DeviceMixin, PatchDetectorMixin, BaseDetector):
       (mean-pooled for images), so SPADE runs on the same features as the other
       detectors.
     - Memory: all training patches, ``4 * n_train * C * h * w`` bytes (209 bottle
-      images x 120 x 28 x 28, the default features: 79 MB); "pruned" keeps a rotated, sorted copy beside
-      them (about as much again, also in a pickle), "cells" their candidate lists
+      images x 120 x 28 x 28, the default features: 79 MB); "pruned" keeps a rotated,
+      sorted copy beside them for the exact search and each patch's cell and distance
+      to its centre (about as much again, also in a pickle), "cells" their candidate lists
       (each row about 2-4 times more).
     - What is exact: the image level (image scores, ``predict``, ``offset_``) always;
       the pixel level with ``n_probe=None`` (or ``nn_method="exact"``). With the
-      default ``n_probe=4`` a test patch's distance is exact when its search ends by
-      the bound before the cap, else an upper bound (``return_exact`` of
+      default ``n_probe=4`` a test patch's distance is exact when the cap left out no
+      cell its bound admits, else an upper bound (``return_exact`` of
       :func:`~skad._kernels.refine.ball_knn` says which). Its recall (the fraction of
       patches given their exact nearest patch, distance ratios), the accuracy it moves
       and its speed against the exact search on bottle: ``doc/detectors.md`` and
