@@ -430,7 +430,6 @@ def _ball_kernels():
             # the nearest centre's cell first: a small k-th distance early
             scan(q[i], np.sqrt(max(d2[near] - e[near], 0.0)), np.sqrt(d2[near] + e[near]),
                  slack[i], rows, rho, starts[near], starts[near + 1], best, bidx)
-            visited = 1
             done = np.zeros(n_cells, np.bool_)
             done[near] = True
             while not np.isfinite(best[k - 1]):  # fewer than k rows there: the next
@@ -443,7 +442,6 @@ def _ball_kernels():
                      np.sqrt(d2[near] + e[near]), slack[i], rows, rho, starts[near],
                      starts[near + 1], best, bidx)
                 done[near] = True
-                visited += 1
             # then the cells the bound cannot rule out: |q - b| >= |q - c_j| - rho_b
             # >= sqrt(d2_j - e_j) - (largest rho in the cell), nearest bound first
             bound = best[k - 1] + slack[i]
@@ -820,7 +818,7 @@ def _capped_groups(q, qg, ug, *, bank, k, partition, allowed, c32, cn, err, bank
         rho_max[g] = tables["cell_rho_max"][:, ok[g]].max(axis=1)
     # the bank groups some query group allows, each with the query groups allowing it,
     # cut into parts of about equal work (rows x query groups), two per thread
-    hs = np.flatnonzero(ok.any(axis=0))
+    hs = np.flatnonzero(ok.any(axis=0)).astype(np.int64)
     by_h = ok[:, hs].T
     hgrp = np.nonzero(by_h)[1].astype(np.int64)
     hstart = np.r_[0, np.cumsum(by_h.sum(axis=1))].astype(np.int64)
@@ -836,7 +834,6 @@ def _capped_groups(q, qg, ug, *, bank, k, partition, allowed, c32, cn, err, bank
     best = np.full((n_parts, m, k), np.inf, np.float32)
     bidx = np.full((n_parts, m, k), -1, np.int64)
     bound = np.full(m, np.inf)
-    hs = hs.astype(np.int64)
 
     def run(cells, lo, hi, n_vis):
         total = int(n_vis.sum())
